@@ -1,0 +1,59 @@
+//! Events for web clients, published on Redis channels per owner and per
+//! task, so a client on any replica sees what happened on any other.
+//! Publishing is best-effort: a lost event is logged, never fatal, because
+//! the durable state is in PostgreSQL and clients can re-read it.
+
+use fred::prelude::*;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::Redis;
+use crate::protocol::client::ClientEvent;
+
+/// Where an event goes: the owner's channel, the task's channel, or both.
+#[derive(Debug, Clone, Copy)]
+pub struct Audience {
+    pub owner_id: Uuid,
+    pub task_id: Option<Uuid>,
+    /// Whether the owner-wide topic also gets it (output lines do not).
+    pub to_owner: bool,
+}
+
+/// The envelope on the wire: the event plus its owner, so a pod can check
+/// ownership before handing it to a client.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    owner_id: Uuid,
+    event: &'a ClientEvent,
+}
+
+/// Publishes one event, logging (not returning) failures.
+pub async fn publish_can_fail(redis: &Redis, audience: Audience, event: &ClientEvent) {
+    let payload = match serde_json::to_string(&Envelope {
+        owner_id: audience.owner_id,
+        event,
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "event could not be serialised");
+            return;
+        }
+    };
+    let mut channels = Vec::with_capacity(2);
+    if audience.to_owner {
+        channels.push(redis.keys.owner_events(audience.owner_id));
+    }
+    if let Some(task_id) = audience.task_id {
+        channels.push(redis.keys.task_events(task_id));
+    }
+    for channel in channels {
+        if let Err(e) = redis
+            .client
+            .publish::<i64, _, _>(&channel, payload.as_str())
+            .await
+        {
+            tracing::warn!(error = %e, %channel, owner_id = %audience.owner_id, "event not published");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The Redis side of meshgate: everything pods share lives here.
+//!
+//! - [`registry`]: which daemon is connected to which pod, with leases.
+//! - [`routing`]: `send_command` from any pod to any daemon over pub/sub.
+//! - [`reaper`]: exactly-once cleanup after a daemon is gone for good.
+//! - [`events`]: events for web clients, published per owner and per task.
+//!
+//! Key layout (all under the configured prefix `P`) is documented in
+//! `redis/README.md`.
+
+pub mod events;
+pub mod reaper;
+pub mod registry;
+pub mod routing;
+
+use std::time::Duration;
+
+use fred::{
+    clients::SubscriberClient,
+    prelude::*,
+    types::{config::UnresponsiveConfig, scripts::Script},
+};
+
+use crate::config::Config;
+
+/// Names of every key and channel, derived from the prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Registry entry of one daemon (hash, leased).
+    pub fn daemon(&self, daemon_id: uuid::Uuid) -> String {
+        format!("{}{daemon_id}", self.daemon_prefix())
+    }
+
+    /// Prefix of [`Keys::daemon`], for scripts that build the key themselves.
+    pub fn daemon_prefix(&self) -> String {
+        format!("{}:daemon:", self.prefix)
+    }
+
+    /// Per-owner index of connected daemons (zset: id → lease deadline).
+    pub fn owner_daemons(&self, owner_id: uuid::Uuid) -> String {
+        format!("{}:owner:{owner_id}:daemons", self.prefix)
+    }
+
+    /// When each gone daemon's tasks are due for cleanup (zset: id → ms).
+    pub fn reap(&self) -> String {
+        format!("{}:reap", self.prefix)
+    }
+
+    /// Prefix of the per-pod command channels.
+    pub fn pod_channel_prefix(&self) -> String {
+        format!("{}:pod:", self.prefix)
+    }
+
+    /// The command channel of one pod.
+    pub fn pod_channel(&self, pod_id: &str) -> String {
+        format!("{}{pod_id}", self.pod_channel_prefix())
+    }
+
+    /// Events of one owner (task updates, files, daemon presence).
+    pub fn owner_events(&self, owner_id: uuid::Uuid) -> String {
+        format!("{}:ev:owner:{owner_id}", self.prefix)
+    }
+
+    /// Events of one task (output, updates, merge/PR results).
+    pub fn task_events(&self, task_id: uuid::Uuid) -> String {
+        format!("{}:ev:task:{task_id}", self.prefix)
+    }
+}
+
+/// The Lua scripts of `redis/`, loaded lazily (EVALSHA, reloaded on NOSCRIPT
+/// so a restarted Redis needs nothing from us).
+pub struct Scripts {
+    pub register: Script,
+    pub refresh: Script,
+    pub unregister: Script,
+    pub touch: Script,
+    pub route: Script,
+    pub list_owner: Script,
+    pub reap_claim: Script,
+    pub reap_done: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            register: Script::from_lua(include_str!("../../redis/register.lua")),
+            refresh: Script::from_lua(include_str!("../../redis/refresh.lua")),
+            unregister: Script::from_lua(include_str!("../../redis/unregister.lua")),
+            touch: Script::from_lua(include_str!("../../redis/touch.lua")),
+            route: Script::from_lua(include_str!("../../redis/route.lua")),
+            list_owner: Script::from_lua(include_str!("../../redis/list_owner.lua")),
+            reap_claim: Script::from_lua(include_str!("../../redis/reap_claim.lua")),
+            reap_done: Script::from_lua(include_str!("../../redis/reap_done.lua")),
+        }
+    }
+}
+
+/// The pod's Redis handles: one client for commands and publishing, one
+/// subscriber connection for the pod's channels.
+pub struct Redis {
+    pub client: Client,
+    pub subscriber: SubscriberClient,
+    pub keys: Keys,
+    pub scripts: Scripts,
+}
+
+impl Redis {
+    /// Builds both clients with an explicit reconnect policy, command
+    /// timeouts and a pub/sub buffer sized by config (fred's defaults buffer
+    /// 32 messages and give up reconnecting), and connects them.
+    pub async fn connect(config: &Config) -> crate::Result<Self> {
+        let redis_config = fred::types::config::Config::from_url(config.redis_url.expose())?;
+        let mut builder = Builder::from_config(redis_config);
+        builder
+            .with_config(|c| {
+                // Fail at start-up if Redis is not there at all; after that,
+                // the reconnect policy takes over.
+                c.fail_fast = true;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = config.redis_timeout();
+                p.broadcast_channel_capacity = config.redis_pubsub_buffer;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(5);
+                c.internal_command_timeout = Duration::from_secs(5);
+                c.max_command_attempts = 2;
+                c.tcp = fred::types::config::TcpConfig {
+                    nodelay: Some(true),
+                    ..Default::default()
+                };
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(Duration::from_secs(10)),
+                    interval: Duration::from_secs(2),
+                };
+            })
+            // Retry forever, 50 ms doubling up to 2 s.
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        let client = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
+        client.init().await?;
+        subscriber.init().await?;
+        Ok(Self {
+            client,
+            subscriber,
+            keys: Keys::new(&config.redis_prefix),
+            scripts: Scripts::new(),
+        })
+    }
+
+    /// Closes both connections (used on shutdown and to simulate a crash).
+    pub async fn quit(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.client.quit().await;
+    }
+}
+
+/// Current time in milliseconds since the epoch, as stored in the registry.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

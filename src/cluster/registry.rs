@@ -1,0 +1,271 @@
+//! The daemon registry: one leased hash per connected daemon, saying which
+//! pod holds its current connection, plus a per-owner index for listing.
+//!
+//! Every write that must not race (replace an older connection, refresh,
+//! remove only our own entry) is one Lua script in `redis/`, fenced by the
+//! connection id: a stale socket can never remove or overwrite the entry of
+//! the connection that replaced it.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use fred::prelude::*;
+use uuid::Uuid;
+
+use super::Redis;
+use crate::Result;
+
+/// What is known about a connected daemon, as every pod sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonEntry {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub pod: String,
+    pub conn: Uuid,
+    pub hostname: String,
+    pub machine_id: String,
+    pub max_concurrent_tasks: i32,
+    pub connected_at: DateTime<Utc>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub active_task_ids: Vec<Uuid>,
+    pub working_directory: Option<String>,
+    pub home_directory: Option<String>,
+    pub worktrees_directory: Option<String>,
+}
+
+impl DaemonEntry {
+    fn from_fields(id: Uuid, f: &HashMap<String, String>) -> Option<Self> {
+        let time = |k: &str| {
+            f.get(k)
+                .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        Some(Self {
+            id,
+            owner_id: f.get("owner")?.parse().ok()?,
+            pod: f.get("pod")?.clone(),
+            conn: f.get("conn")?.parse().ok()?,
+            hostname: f.get("hostname").cloned().unwrap_or_default(),
+            machine_id: f.get("machineId").cloned().unwrap_or_default(),
+            max_concurrent_tasks: f
+                .get("maxConcurrentTasks")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            connected_at: time("connectedAt")?,
+            last_heartbeat_at: time("lastHeartbeatAt"),
+            active_task_ids: f
+                .get("activeTaskIds")
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
+            working_directory: f.get("workingDirectory").cloned(),
+            home_directory: f.get("homeDirectory").cloned(),
+            worktrees_directory: f.get("worktreesDirectory").cloned(),
+        })
+    }
+
+    /// Field/value pairs written at registration (pod and conn are added by
+    /// the script).
+    fn fields(&self) -> Vec<String> {
+        let mut v = vec![
+            "owner".into(),
+            self.owner_id.to_string(),
+            "hostname".into(),
+            self.hostname.clone(),
+            "machineId".into(),
+            self.machine_id.clone(),
+            "maxConcurrentTasks".into(),
+            self.max_concurrent_tasks.to_string(),
+            "connectedAt".into(),
+            self.connected_at.to_rfc3339(),
+            "activeTaskIds".into(),
+            serde_json::to_string(&self.active_task_ids).unwrap_or_else(|_| "[]".into()),
+        ];
+        let optional = [
+            (
+                "lastHeartbeatAt",
+                self.last_heartbeat_at.map(|t| t.to_rfc3339()),
+            ),
+            ("workingDirectory", self.working_directory.clone()),
+            ("homeDirectory", self.home_directory.clone()),
+            ("worktreesDirectory", self.worktrees_directory.clone()),
+        ];
+        for (k, val) in optional {
+            if let Some(val) = val {
+                v.push(k.into());
+                v.push(val);
+            }
+        }
+        v
+    }
+}
+
+/// Lease settings every registry write needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub ttl_ms: u64,
+    pub grace_ms: u64,
+}
+
+/// Outcome of refreshing one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    Refreshed,
+    /// The entry is gone (lease lapsed or Redis restarted): register again.
+    Missing,
+    /// A newer connection of the daemon exists elsewhere: close ours.
+    Replaced,
+}
+
+/// Makes `entry` the daemon's current connection. Returns the connection id
+/// it replaced, whose pod has been told to close it.
+pub async fn register(redis: &Redis, entry: &DaemonEntry, lease: Lease) -> Result<Option<Uuid>> {
+    let keys = vec![
+        redis.keys.daemon(entry.id),
+        redis.keys.owner_daemons(entry.owner_id),
+        redis.keys.reap(),
+    ];
+    let mut args = vec![
+        entry.id.to_string(),
+        entry.pod.clone(),
+        entry.conn.to_string(),
+        lease.ttl_ms.to_string(),
+        lease.grace_ms.to_string(),
+        redis.keys.pod_channel_prefix(),
+    ];
+    args.extend(entry.fields());
+    let replaced: Option<String> = redis
+        .scripts
+        .register
+        .evalsha_with_reload(&redis.client, keys, args)
+        .await?;
+    Ok(replaced.and_then(|c| c.parse().ok()))
+}
+
+/// Refreshes the leases of a pod's connections: `(daemon, owner, conn)`.
+pub async fn refresh(
+    redis: &Redis,
+    batch: &[(Uuid, Uuid, Uuid)],
+    lease: Lease,
+) -> Result<Vec<RefreshOutcome>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut keys = Vec::with_capacity(1 + 2 * batch.len());
+    let mut args = Vec::with_capacity(2 + 2 * batch.len());
+    keys.push(redis.keys.reap());
+    args.push(lease.ttl_ms.to_string());
+    args.push(lease.grace_ms.to_string());
+    for (daemon, owner, conn) in batch {
+        keys.push(redis.keys.daemon(*daemon));
+        keys.push(redis.keys.owner_daemons(*owner));
+        args.push(daemon.to_string());
+        args.push(conn.to_string());
+    }
+    let codes: Vec<i64> = redis
+        .scripts
+        .refresh
+        .evalsha_with_reload(&redis.client, keys, args)
+        .await?;
+    Ok(codes
+        .into_iter()
+        .map(|c| match c {
+            1 => RefreshOutcome::Refreshed,
+            0 => RefreshOutcome::Missing,
+            _ => RefreshOutcome::Replaced,
+        })
+        .collect())
+}
+
+/// Removes the entry if `conn` is still current and schedules the reaper.
+/// Returns whether it was current (i.e. the daemon is really gone now).
+pub async fn unregister(
+    redis: &Redis,
+    daemon_id: Uuid,
+    owner_id: Uuid,
+    conn: Uuid,
+    lease: Lease,
+) -> Result<bool> {
+    let keys = vec![
+        redis.keys.daemon(daemon_id),
+        redis.keys.owner_daemons(owner_id),
+        redis.keys.reap(),
+    ];
+    let args = vec![
+        daemon_id.to_string(),
+        conn.to_string(),
+        lease.grace_ms.to_string(),
+    ];
+    let current: i64 = redis
+        .scripts
+        .unregister
+        .evalsha_with_reload(&redis.client, keys, args)
+        .await?;
+    Ok(current == 1)
+}
+
+/// Updates fields of the entry if `conn` is still current.
+pub async fn touch(
+    redis: &Redis,
+    daemon_id: Uuid,
+    conn: Uuid,
+    fields: &[(&str, String)],
+) -> Result<bool> {
+    let mut args = Vec::with_capacity(1 + 2 * fields.len());
+    args.push(conn.to_string());
+    for (k, v) in fields {
+        args.push((*k).to_owned());
+        args.push(v.clone());
+    }
+    let n: i64 = redis
+        .scripts
+        .touch
+        .evalsha_with_reload(&redis.client, vec![redis.keys.daemon(daemon_id)], args)
+        .await?;
+    Ok(n == 1)
+}
+
+/// The connected daemons of one owner, oldest connection first.
+pub async fn list_owner(redis: &Redis, owner_id: Uuid) -> Result<Vec<DaemonEntry>> {
+    let raw: Vec<Value> = redis
+        .scripts
+        .list_owner
+        .evalsha_with_reload(
+            &redis.client,
+            vec![redis.keys.owner_daemons(owner_id)],
+            vec![redis.keys.daemon_prefix()],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(raw.len() / 2);
+    for pair in raw.chunks_exact(2) {
+        let Some(id) = pair[0].as_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let fields = flat_to_map(pair[1].clone());
+        if let Some(entry) = DaemonEntry::from_fields(id, &fields) {
+            if entry.owner_id == owner_id {
+                out.push(entry);
+            }
+        }
+    }
+    out.sort_by_key(|e| e.connected_at);
+    Ok(out)
+}
+
+/// One connected daemon of this owner; `None` when not connected or another
+/// owner's (callers cannot tell which).
+pub async fn get(redis: &Redis, owner_id: Uuid, daemon_id: Uuid) -> Result<Option<DaemonEntry>> {
+    let fields: HashMap<String, String> =
+        redis.client.hgetall(redis.keys.daemon(daemon_id)).await?;
+    Ok(DaemonEntry::from_fields(daemon_id, &fields).filter(|e| e.owner_id == owner_id))
+}
+
+fn flat_to_map(value: Value) -> HashMap<String, String> {
+    let items = match value {
+        Value::Array(items) => items,
+        _ => return HashMap::new(),
+    };
+    items
+        .chunks_exact(2)
+        .filter_map(|kv| Some((kv[0].as_string()?, kv[1].as_string()?)))
+        .collect()
+}

@@ -1,0 +1,138 @@
+//! Command routing: `send_command` works the same from every pod.
+//!
+//! The sender runs `redis/route.lua`, which reads the daemon's registry entry
+//! and publishes the command on the channel of the pod holding its current
+//! connection, fenced with that connection's id, in one round trip. PUBLISH's
+//! receiver count tells the sender at once when no pod holds the daemon.
+//! The holding pod's [`listen`] loop hands the command to the socket if the
+//! connection id still matches.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use fred::{prelude::*, types::Value};
+use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Redis;
+use crate::{
+    daemon::connections::{Connections, DeliverError},
+    metrics::Metrics,
+    protocol::daemon::DaemonCommand,
+    Error, Result,
+};
+
+/// Sends `command` to the daemon's current connection, wherever it is.
+/// Fails fast with [`Error::DaemonOffline`] when no pod holds the daemon.
+pub async fn send_command(
+    redis: &Redis,
+    metrics: &Metrics,
+    daemon_id: Uuid,
+    command: &DaemonCommand,
+) -> Result<()> {
+    let payload = serde_json::to_string(command)
+        .map_err(|e| Error::Internal(format!("command not serialisable: {e}")))?;
+    send_raw(redis, metrics, daemon_id, payload).await
+}
+
+/// [`send_command`] for a command already serialised.
+pub async fn send_raw(
+    redis: &Redis,
+    metrics: &Metrics,
+    daemon_id: Uuid,
+    payload: String,
+) -> Result<()> {
+    let receivers: i64 = redis
+        .scripts
+        .route
+        .evalsha_with_reload(
+            &redis.client,
+            vec![redis.keys.daemon(daemon_id)],
+            vec![
+                redis.keys.pod_channel_prefix(),
+                daemon_id.to_string(),
+                payload,
+            ],
+        )
+        .await
+        .inspect_err(|_| Metrics::inc(&metrics.redis_errors))?;
+    if receivers <= 0 {
+        Metrics::inc(&metrics.commands_offline);
+        return Err(Error::DaemonOffline(daemon_id));
+    }
+    Metrics::inc(&metrics.commands_sent);
+    Ok(())
+}
+
+/// Subscribes to this pod's channel and dispatches what arrives to local
+/// sockets until `stop` is cancelled. fred resubscribes after a reconnect
+/// (`manage_subscriptions`); messages lost while lagging are counted.
+pub async fn listen(
+    redis: Arc<Redis>,
+    conns: Arc<Connections>,
+    metrics: Arc<Metrics>,
+    pod_channel: String,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>> {
+    let mut rx = redis.subscriber.message_rx();
+    let manager = redis.subscriber.manage_subscriptions();
+    redis.subscriber.subscribe(pod_channel.as_str()).await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => break,
+                msg = rx.recv() => msg,
+            };
+            match msg {
+                Ok(msg) if *msg.channel == *pod_channel => dispatch(&conns, &metrics, msg.value),
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => {
+                    metrics.pubsub_messages_lost.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(
+                        lost = n,
+                        "pod fell behind its Redis subscription; messages lost"
+                    );
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+        manager.abort();
+    }))
+}
+
+/// Handles one message of the pod channel: `C|daemon|conn|json` delivers a
+/// command, `K|daemon|conn` closes a replaced socket.
+fn dispatch(conns: &Connections, metrics: &Metrics, value: Value) {
+    let Some(text) = value.as_str() else {
+        tracing::warn!("non-text message on pod channel");
+        return;
+    };
+    let mut parts = text.splitn(4, '|');
+    let (kind, daemon, conn) = (parts.next(), parts.next(), parts.next());
+    let (Some(daemon), Some(conn)) = (
+        daemon.and_then(|d| d.parse::<Uuid>().ok()),
+        conn.and_then(|c| c.parse::<Uuid>().ok()),
+    ) else {
+        tracing::warn!("malformed message on pod channel");
+        return;
+    };
+    match (kind, parts.next()) {
+        (Some("C"), Some(json)) => match conns.deliver(daemon, conn, json.to_owned()) {
+            Ok(()) => Metrics::inc(&metrics.commands_delivered),
+            Err(DeliverError::Gone) => {
+                Metrics::inc(&metrics.commands_undeliverable);
+                tracing::warn!(daemon_id = %daemon, %conn, "command for a socket that is gone");
+            }
+            Err(DeliverError::QueueFull) => {
+                Metrics::inc(&metrics.commands_queue_full);
+                tracing::error!(daemon_id = %daemon, %conn, "daemon socket queue full; command dropped");
+            }
+        },
+        (Some("K"), _) => {
+            if conns.close(daemon, conn) {
+                tracing::info!(daemon_id = %daemon, %conn, "closing socket replaced by a newer connection");
+            }
+        }
+        _ => tracing::warn!("unknown message on pod channel"),
+    }
+}

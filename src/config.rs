@@ -1,0 +1,332 @@
+//! One typed configuration for a replica, read from the environment and
+//! flags (12-factor), validated once at start-up.
+//!
+//! Every setting is an environment variable (names from `API.md`) and a flag.
+//! The flag is the short kebab-case name (`--lease-ttl-ms`); the env name in
+//! kebab-case (`--meshgate-lease-ttl-ms`) is accepted as an alias.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::Args;
+
+/// A string that never prints: connection URLs carry passwords.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value that must not reach logs.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Settings of `meshgate serve` (and the parts `migrate`/`admin` share).
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(
+        long = "listen",
+        alias = "meshgate-listen",
+        env = "MESHGATE_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/meshgate",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub database_url: Secret,
+
+    /// Redis connection URL (`redis://`, `redis-cluster://`, `redis-sentinel://`).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub redis_url: Secret,
+
+    /// Prefix of every Redis key and channel, so several deployments (or
+    /// tests) can share one Redis.
+    #[arg(
+        long = "redis-prefix",
+        alias = "meshgate-redis-prefix",
+        env = "MESHGATE_REDIS_PREFIX",
+        default_value = "meshgate"
+    )]
+    pub redis_prefix: String,
+
+    /// This replica's id; default: hostname plus a random suffix.
+    #[arg(long = "pod-id", alias = "meshgate-pod-id", env = "MESHGATE_POD_ID")]
+    pub pod_id: Option<String>,
+
+    /// How long a registry entry outlives its pod's last refresh.
+    #[arg(
+        long = "lease-ttl-ms",
+        alias = "meshgate-lease-ttl-ms",
+        env = "MESHGATE_LEASE_TTL_MS",
+        default_value_t = 15_000
+    )]
+    pub lease_ttl_ms: u64,
+
+    /// How often a pod refreshes the leases of its daemons; default a third
+    /// of the lease TTL.
+    #[arg(
+        long = "lease-refresh-ms",
+        alias = "meshgate-lease-refresh-ms",
+        env = "MESHGATE_LEASE_REFRESH_MS"
+    )]
+    pub lease_refresh_ms: Option<u64>,
+
+    /// How long a gone daemon may take to come back before its tasks are
+    /// retried.
+    #[arg(
+        long = "disconnect-grace-ms",
+        alias = "meshgate-disconnect-grace-ms",
+        env = "MESHGATE_DISCONNECT_GRACE_MS",
+        default_value_t = 30_000
+    )]
+    pub disconnect_grace_ms: u64,
+
+    /// How often each pod looks for daemons whose grace period is over.
+    #[arg(
+        long = "reaper-interval-ms",
+        alias = "meshgate-reaper-interval-ms",
+        env = "MESHGATE_REAPER_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub reaper_interval_ms: u64,
+
+    /// How long a waiting route waits for a daemon's answer.
+    #[arg(
+        long = "request-timeout-ms",
+        alias = "meshgate-request-timeout-ms",
+        env = "MESHGATE_REQUEST_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub request_timeout_ms: u64,
+
+    /// How long a SIGTERM drain may take.
+    #[arg(
+        long = "drain-ms",
+        alias = "meshgate-drain-ms",
+        env = "MESHGATE_DRAIN_MS",
+        default_value_t = 20_000
+    )]
+    pub drain_ms: u64,
+
+    /// How long an event ticket stays valid.
+    #[arg(
+        long = "ticket-ttl-ms",
+        alias = "meshgate-ticket-ttl-ms",
+        env = "MESHGATE_TICKET_TTL_MS",
+        default_value_t = 60_000
+    )]
+    pub ticket_ttl_ms: u64,
+
+    /// Largest WebSocket message a daemon may send, in bytes (patches travel
+    /// inline, so this bounds patch size too).
+    #[arg(long = "max-frame-bytes", alias = "meshgate-max-frame-bytes", env = "MESHGATE_MAX_FRAME_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Commands queued for one daemon socket before further ones are refused.
+    #[arg(
+        long = "daemon-queue",
+        alias = "meshgate-daemon-queue",
+        env = "MESHGATE_DAEMON_QUEUE",
+        default_value_t = 1024
+    )]
+    pub daemon_queue: usize,
+
+    /// Timeout of a single Redis command.
+    #[arg(
+        long = "redis-timeout-ms",
+        alias = "meshgate-redis-timeout-ms",
+        env = "MESHGATE_REDIS_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub redis_timeout_ms: u64,
+
+    /// Capacity of the buffer between the Redis subscriber connection and
+    /// the pod; messages beyond it are counted as lost.
+    #[arg(
+        long = "redis-pubsub-buffer",
+        alias = "meshgate-redis-pubsub-buffer",
+        env = "MESHGATE_REDIS_PUBSUB_BUFFER",
+        default_value_t = 65_536
+    )]
+    pub redis_pubsub_buffer: usize,
+
+    /// Largest PostgreSQL pool per replica.
+    #[arg(
+        long = "db-max-connections",
+        alias = "meshgate-db-max-connections",
+        env = "MESHGATE_DB_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
+    pub db_max_connections: u32,
+
+    /// Apply migrations when `serve` starts.
+    #[arg(long = "migrate-on-start", alias = "meshgate-migrate-on-start", env = "MESHGATE_MIGRATE_ON_START", default_value_t = false, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long = "log-json", alias = "meshgate-log-json", env = "MESHGATE_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
+    pub log_json: bool,
+}
+
+/// A setting that does not make sense.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {reason}")]
+pub struct ConfigError {
+    name: &'static str,
+    reason: String,
+}
+
+impl Config {
+    /// Checks what clap cannot: ranges and relations between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |name, reason: &str| {
+            Err(ConfigError {
+                name,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.lease_ttl_ms < 100 {
+            return bad("MESHGATE_LEASE_TTL_MS", "must be at least 100");
+        }
+        if self.lease_refresh() >= self.lease_ttl() {
+            return bad(
+                "MESHGATE_LEASE_REFRESH_MS",
+                "must be shorter than the lease TTL",
+            );
+        }
+        if self.lease_refresh_ms == Some(0) || self.reaper_interval_ms == 0 {
+            return bad(
+                "MESHGATE_LEASE_REFRESH_MS/REAPER_INTERVAL_MS",
+                "must be above 0",
+            );
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return bad("MESHGATE_REDIS_PREFIX", "must be non-empty without spaces");
+        }
+        if self.max_frame_bytes < 1024 {
+            return bad("MESHGATE_MAX_FRAME_BYTES", "must be at least 1024");
+        }
+        if self.daemon_queue == 0 || self.redis_pubsub_buffer == 0 {
+            return bad(
+                "MESHGATE_DAEMON_QUEUE/REDIS_PUBSUB_BUFFER",
+                "must be above 0",
+            );
+        }
+        if self.db_max_connections == 0 {
+            return bad("MESHGATE_DB_MAX_CONNECTIONS", "must be above 0");
+        }
+        if !self.database_url.expose().starts_with("postgres") {
+            return bad("DATABASE_URL", "must be a postgres:// or postgresql:// URL");
+        }
+        if !self.redis_url.expose().starts_with("redis") {
+            return bad("REDIS_URL", "must be a redis URL");
+        }
+        Ok(())
+    }
+
+    /// The pod id in use: the configured one or hostname plus a suffix.
+    pub fn resolved_pod_id(&self) -> String {
+        match &self.pod_id {
+            Some(id) if !id.is_empty() => id.clone(),
+            _ => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "meshgate".to_owned());
+                let suffix: u32 = rand::random();
+                format!("{host}-{suffix:08x}")
+            }
+        }
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    pub fn lease_refresh(&self) -> Duration {
+        Duration::from_millis(self.lease_refresh_ms.unwrap_or(self.lease_ttl_ms / 3))
+    }
+
+    pub fn disconnect_grace(&self) -> Duration {
+        Duration::from_millis(self.disconnect_grace_ms)
+    }
+
+    pub fn reaper_interval(&self) -> Duration {
+        Duration::from_millis(self.reaper_interval_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let cli = Cli::parse_from(["t", "--database-url", "postgres://u:hunter2@h/db"]);
+        assert!(!format!("{:?}", cli.config).contains("hunter2"));
+    }
+
+    #[test]
+    fn env_name_in_kebab_case_is_accepted_as_a_flag() {
+        let cli = Cli::parse_from(["t", "--meshgate-lease-ttl-ms", "900"]);
+        assert_eq!(cli.config.lease_ttl_ms, 900);
+        assert_eq!(cli.config.lease_refresh(), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn refresh_not_shorter_than_lease_is_refused() {
+        let cli = Cli::parse_from(["t", "--lease-ttl-ms", "1000", "--lease-refresh-ms", "1000"]);
+        let err = cli.config.validate().unwrap_err().to_string();
+        assert!(err.contains("MESHGATE_LEASE_REFRESH_MS"), "{err}");
+    }
+}

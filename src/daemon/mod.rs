@@ -1,0 +1,11 @@
+//! Daemon sockets: the loop that reads frames ([`socket`]), the session that
+//! decodes and dispatches them ([`session`]), and one function per message
+//! kind, grouped by concern ([`presence`], …). The sockets themselves are the
+//! only state a pod owns ([`connections`]); [`leases`] keeps their registry
+//! entries alive.
+
+pub mod connections;
+pub mod leases;
+pub mod presence;
+pub mod session;
+pub mod socket;

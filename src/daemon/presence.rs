@@ -1,0 +1,239 @@
+//! Presence messages: `authenticate`, `heartbeat`, `daemonDirectories`, and
+//! the cleanup when a socket ends.
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{
+    connections::LocalConn,
+    session::{error, Registered, Session, Step},
+};
+use crate::{
+    cluster::{
+        events::{self, Audience},
+        registry::{self, DaemonEntry},
+    },
+    db,
+    metrics::Metrics,
+    protocol::{client::ClientEvent, daemon::DaemonCommand},
+};
+
+/// Longest machine id or hostname accepted.
+const MAX_NAME: usize = 255;
+/// Most task ids accepted in one heartbeat.
+const MAX_ACTIVE_TASKS: usize = 1_000;
+
+/// `authenticate`: the daemon row is upserted (stable id per owner and
+/// machine id), the socket becomes the daemon's current connection in the
+/// registry (closing any older one, wherever it is), and `authenticated` is
+/// the answer.
+pub async fn authenticate(
+    s: &mut Session,
+    machine_id: String,
+    hostname: String,
+    max_concurrent_tasks: i32,
+) -> Step {
+    if machine_id.trim().is_empty() || machine_id.chars().count() > MAX_NAME {
+        return Step::Reply(error(
+            "PARSE_ERROR",
+            "machineId must be 1 to 255 characters",
+        ));
+    }
+    if hostname.chars().count() > MAX_NAME {
+        return Step::Reply(error(
+            "PARSE_ERROR",
+            "hostname must be at most 255 characters",
+        ));
+    }
+    if !(1..=10_000).contains(&max_concurrent_tasks) {
+        return Step::Reply(error(
+            "PARSE_ERROR",
+            "maxConcurrentTasks must be between 1 and 10000",
+        ));
+    }
+    let owner_id = s.principal.owner_id;
+    let daemon_id = match db::daemons::upsert(
+        &s.state.db,
+        owner_id,
+        &machine_id,
+        &hostname,
+        max_concurrent_tasks,
+    )
+    .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            Metrics::inc(&s.state.metrics.db_errors);
+            tracing::error!(%owner_id, error = %e, "daemon registration failed in the database");
+            return Step::ReplyAndClose(error(
+                "DB_UNAVAILABLE",
+                "registration failed; reconnect later",
+            ));
+        }
+    };
+    let entry = DaemonEntry {
+        id: daemon_id,
+        owner_id,
+        pod: s.state.pod_id.to_string(),
+        conn: s.conn,
+        hostname: hostname.clone(),
+        machine_id,
+        max_concurrent_tasks,
+        connected_at: Utc::now(),
+        last_heartbeat_at: None,
+        active_task_ids: Vec::new(),
+        working_directory: None,
+        home_directory: None,
+        worktrees_directory: None,
+    };
+    // Local first, so a command routed right after registration finds the socket.
+    s.state.conns.insert(
+        s.conn,
+        LocalConn {
+            entry: entry.clone(),
+            tx: s.tx.clone(),
+            close: s.close.clone(),
+        },
+    );
+    match registry::register(&s.state.redis, &entry, s.state.lease()).await {
+        Ok(replaced) => {
+            if let Some(old) = replaced {
+                tracing::info!(%daemon_id, old_conn = %old, "newer connection replaces an older one");
+            }
+        }
+        Err(e) => {
+            s.state.conns.remove(s.conn);
+            Metrics::inc(&s.state.metrics.redis_errors);
+            tracing::error!(%daemon_id, error = %e, "daemon registration failed in Redis");
+            return Step::ReplyAndClose(error(
+                "REDIS_UNAVAILABLE",
+                "registration failed; reconnect later",
+            ));
+        }
+    }
+    tracing::info!(%daemon_id, %owner_id, conn = %s.conn, %hostname, "daemon registered");
+    s.registered = Some(Registered {
+        daemon_id,
+        hostname: hostname.clone(),
+    });
+    let presence = ClientEvent::DaemonConnected {
+        daemon_id,
+        hostname: Some(hostname),
+    };
+    events::publish_can_fail(&s.state.redis, owner_audience(owner_id), &presence).await;
+    Step::Reply(DaemonCommand::Authenticated { daemon_id })
+}
+
+/// `heartbeat`: last heartbeat and active tasks, in the registry and the row.
+pub async fn heartbeat(s: &mut Session, me: &Registered, active_tasks: Vec<Uuid>) -> Step {
+    if active_tasks.len() > MAX_ACTIVE_TASKS {
+        return Step::Reply(error("PARSE_ERROR", "activeTasks lists too many tasks"));
+    }
+    let now = Utc::now();
+    let tasks_json = serde_json::to_string(&active_tasks).unwrap_or_else(|_| "[]".into());
+    s.state.conns.update_entry(s.conn, |e| {
+        e.last_heartbeat_at = Some(now);
+        e.active_task_ids = active_tasks;
+    });
+    let fields = [
+        ("lastHeartbeatAt", now.to_rfc3339()),
+        ("activeTaskIds", tasks_json),
+    ];
+    if let Err(e) = registry::touch(&s.state.redis, me.daemon_id, s.conn, &fields).await {
+        Metrics::inc(&s.state.metrics.redis_errors);
+        tracing::warn!(daemon_id = %me.daemon_id, error = %e, "heartbeat not recorded in the registry");
+    }
+    if let Err(e) = db::daemons::heartbeat(&s.state.db, s.principal.owner_id, me.daemon_id).await {
+        Metrics::inc(&s.state.metrics.db_errors);
+        tracing::warn!(daemon_id = %me.daemon_id, error = %e, "heartbeat not recorded in the database");
+    }
+    Step::Nothing
+}
+
+/// `daemonDirectories`: where the daemon keeps its work, for clients.
+pub async fn directories(
+    s: &mut Session,
+    me: &Registered,
+    working: String,
+    home: String,
+    worktrees: String,
+) -> Step {
+    s.state.conns.update_entry(s.conn, |e| {
+        e.working_directory = Some(working.clone());
+        e.home_directory = Some(home.clone());
+        e.worktrees_directory = Some(worktrees.clone());
+    });
+    let fields = [
+        ("workingDirectory", working.clone()),
+        ("homeDirectory", home.clone()),
+        ("worktreesDirectory", worktrees.clone()),
+    ];
+    if let Err(e) = registry::touch(&s.state.redis, me.daemon_id, s.conn, &fields).await {
+        Metrics::inc(&s.state.metrics.redis_errors);
+        tracing::warn!(daemon_id = %me.daemon_id, error = %e, "directories not recorded in the registry");
+    }
+    let owner = s.principal.owner_id;
+    if let Err(e) = db::daemons::set_directories(
+        &s.state.db,
+        owner,
+        me.daemon_id,
+        &working,
+        &home,
+        &worktrees,
+    )
+    .await
+    {
+        Metrics::inc(&s.state.metrics.db_errors);
+        tracing::warn!(daemon_id = %me.daemon_id, error = %e, "directories not recorded in the database");
+    }
+    Step::Nothing
+}
+
+/// The socket ended (closed, replaced or drained). If it was still the
+/// daemon's current connection, the registry entry goes and the reaper is
+/// scheduled after the grace period; a newer connection is left untouched.
+pub async fn disconnected(s: &Session) {
+    let Some(me) = &s.registered else {
+        return;
+    };
+    s.state.conns.remove(s.conn);
+    let owner_id = s.principal.owner_id;
+    let current = match registry::unregister(
+        &s.state.redis,
+        me.daemon_id,
+        owner_id,
+        s.conn,
+        s.state.lease(),
+    )
+    .await
+    {
+        Ok(current) => current,
+        Err(e) => {
+            // The lease will lapse on its own and the reaper still runs.
+            Metrics::inc(&s.state.metrics.redis_errors);
+            tracing::warn!(daemon_id = %me.daemon_id, error = %e, "unregister failed; the lease will lapse");
+            true
+        }
+    };
+    tracing::info!(daemon_id = %me.daemon_id, conn = %s.conn, current, "daemon socket closed");
+    if !current {
+        return;
+    }
+    if let Err(e) = db::daemons::mark_disconnected(&s.state.db, owner_id, me.daemon_id).await {
+        Metrics::inc(&s.state.metrics.db_errors);
+        tracing::warn!(daemon_id = %me.daemon_id, error = %e, "disconnect time not recorded");
+    }
+    let presence = ClientEvent::DaemonDisconnected {
+        daemon_id: me.daemon_id,
+        hostname: Some(me.hostname.clone()),
+    };
+    events::publish_can_fail(&s.state.redis, owner_audience(owner_id), &presence).await;
+}
+
+fn owner_audience(owner_id: Uuid) -> Audience {
+    Audience {
+        owner_id,
+        task_id: None,
+        to_owner: true,
+    }
+}

@@ -1,0 +1,123 @@
+//! The daemon socket loop: reads frames and hands them to the session,
+//! writes queued commands, and ends on close, replacement, drain or kill.
+
+use futures_util::{SinkExt, StreamExt};
+use poem::web::websocket::{CloseCode, Message, WebSocketStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    presence,
+    session::{error, Session, Step},
+};
+use crate::{auth::Principal, protocol::daemon::DaemonCommand, state::AppState};
+
+/// Close code sent to a socket replaced by a newer connection of its daemon.
+pub const CLOSE_REPLACED: u16 = 4000;
+/// Commands written before one flush, so a burst costs one syscall.
+const WRITE_BATCH: usize = 64;
+
+/// Why the loop ended.
+enum End {
+    /// The daemon closed, or the socket failed.
+    Gone,
+    /// A newer connection of the same daemon exists.
+    Replaced,
+    /// The pod is draining: the daemon should reconnect elsewhere.
+    Drain,
+    /// We told the daemon to reconnect (e.g. the database was unavailable).
+    Closed,
+}
+
+/// Serves one authenticated daemon socket until it ends.
+pub async fn serve(ws: WebSocketStream, state: AppState, principal: Principal) {
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<String>(state.config.daemon_queue);
+    let close = CancellationToken::new();
+    let life = state.lifecycle.clone();
+    let mut session = Session::new(state, principal, tx, close.clone());
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            // A crash: no goodbye and no cleanup (used to simulate SIGKILL).
+            _ = life.kill.cancelled() => return,
+            _ = close.cancelled() => break End::Replaced,
+            _ = life.drain.cancelled() => break End::Drain,
+            Some(first) = rx.recv() => {
+                if write_commands(&mut sink, first, &mut rx).await.is_err() {
+                    break End::Gone;
+                }
+            }
+            frame = stream.next() => {
+                let step = match frame {
+                    Some(Ok(Message::Text(text))) => session.on_text(&text).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        Step::Reply(error("PARSE_ERROR", "frames must be text holding one JSON object"))
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
+                    Some(Ok(_)) => Step::Nothing, // ping/pong: answered by the library
+                };
+                match step {
+                    Step::Nothing => {}
+                    Step::Reply(cmd) => {
+                        if send(&mut sink, &cmd).await.is_err() {
+                            break End::Gone;
+                        }
+                    }
+                    Step::ReplyAndClose(cmd) => {
+                        let _ = send(&mut sink, &cmd).await;
+                        break End::Closed;
+                    }
+                }
+            }
+        }
+    };
+
+    let goodbye = match end {
+        End::Gone => None,
+        End::Closed => Some((CloseCode::Again, "try again later")),
+        End::Replaced => Some((
+            CloseCode::from(CLOSE_REPLACED),
+            "replaced by a newer connection",
+        )),
+        End::Drain => {
+            let reconnect = DaemonCommand::Reconnect {
+                reason: "server draining; connect again".into(),
+            };
+            let _ = send(&mut sink, &reconnect).await;
+            Some((CloseCode::Restart, "server draining"))
+        }
+    };
+    if let Some((code, reason)) = goodbye {
+        let _ = sink.send(Message::Close(Some((code, reason.into())))).await;
+    }
+    presence::disconnected(&session).await;
+}
+
+async fn send<S>(sink: &mut S, cmd: &DaemonCommand) -> Result<(), ()>
+where
+    S: SinkExt<Message> + Unpin,
+{
+    let json = serde_json::to_string(cmd).map_err(|_| ())?;
+    sink.send(Message::Text(json)).await.map_err(|_| ())
+}
+
+/// Writes `first` and whatever else is already queued, then flushes once.
+async fn write_commands<S>(
+    sink: &mut S,
+    first: String,
+    rx: &mut mpsc::Receiver<String>,
+) -> Result<(), ()>
+where
+    S: SinkExt<Message> + Unpin,
+{
+    sink.feed(Message::Text(first)).await.map_err(|_| ())?;
+    for _ in 1..WRITE_BATCH {
+        match rx.try_recv() {
+            Ok(next) => sink.feed(Message::Text(next)).await.map_err(|_| ())?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await.map_err(|_| ())
+}

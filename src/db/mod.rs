@@ -1,0 +1,28 @@
+//! PostgreSQL access: the pool, migrations, and one module of queries per
+//! table group. Every query that touches an owner's rows takes the owner id.
+
+pub mod accounts;
+pub mod daemons;
+pub mod tasks;
+
+use std::time::Duration;
+
+use sqlx::{postgres::PgPoolOptions, PgPool};
+
+use crate::{config::Config, Result};
+
+/// Opens the pool. It connects lazily, so a replica starts (and answers
+/// `/healthz`, and 503 on `/readyz`) while PostgreSQL is still coming up.
+pub fn connect(config: &Config) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy(config.database_url.expose())?)
+}
+
+/// Applies `migrations/` (idempotent; concurrent pods are serialised by
+/// sqlx's advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}

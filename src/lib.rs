@@ -1,0 +1,179 @@
+//! meshgate: the control plane that AI coding worker daemons dial into,
+//! built as stateless replicas. Live shared state is in Redis ([`cluster`]),
+//! durable rows in PostgreSQL ([`db`]); a replica owns nothing but its open
+//! sockets.
+//!
+//! [`start`] brings up one replica on a listener the caller bound (tests bind
+//! port 0 and start several in one process); [`run`] is what `meshgate serve`
+//! does: start, wait for SIGTERM/SIGINT, drain.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod key_usage;
+pub mod metrics;
+pub mod protocol;
+pub mod state;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use poem::{listener::TcpAcceptor, Server};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cluster::{reaper, routing, Redis},
+    daemon::{connections::Connections, leases},
+    key_usage::KeyUsage,
+    metrics::Metrics,
+    state::{AppState, Lifecycle},
+};
+pub use crate::{
+    config::Config,
+    error::{Error, Result},
+};
+
+/// A running replica.
+pub struct Pod {
+    addr: SocketAddr,
+    state: AppState,
+    server: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+    stop_background: CancellationToken,
+}
+
+/// Starts a replica serving on `listener`.
+pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<Pod> {
+    config.validate()?;
+    let pod_id: Arc<str> = config.resolved_pod_id().into();
+    let db = db::connect(&config)?;
+    if config.migrate_on_start {
+        db::migrate(&db).await?;
+    }
+    let redis = Arc::new(Redis::connect(&config).await?);
+    let stop_background = CancellationToken::new();
+    let (key_usage, key_usage_task) = KeyUsage::start(db.clone(), stop_background.clone());
+    let state = AppState {
+        config: Arc::new(config),
+        pod_id: pod_id.clone(),
+        db,
+        redis: redis.clone(),
+        conns: Arc::new(Connections::default()),
+        metrics: Arc::new(Metrics::default()),
+        key_usage,
+        lifecycle: Lifecycle::default(),
+    };
+    let listen_task = routing::listen(
+        redis.clone(),
+        state.conns.clone(),
+        state.metrics.clone(),
+        redis.keys.pod_channel(&pod_id),
+        stop_background.clone(),
+    )
+    .await?;
+    let background = vec![
+        key_usage_task,
+        listen_task,
+        tokio::spawn(leases::keep(state.clone(), stop_background.clone())),
+        tokio::spawn(reaper::run(state.clone(), stop_background.clone())),
+    ];
+
+    let addr = listener.local_addr()?;
+    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let app = http::routes(state.clone());
+    let drain = state.lifecycle.drain.clone();
+    let timeout = state.config.drain();
+    let server = tokio::spawn(
+        Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+            app,
+            async move { drain.cancelled().await },
+            Some(timeout),
+        ),
+    );
+    tracing::info!(pod_id = %pod_id, %addr, "meshgate replica started");
+    Ok(Pod {
+        addr,
+        state,
+        server,
+        background,
+        stop_background,
+    })
+}
+
+impl Pod {
+    /// The address the replica listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The replica's shared handles (tests use them to call the library).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops cleanly: refuses new work, tells daemons to reconnect elsewhere,
+    /// lets their cleanup run, finishes in-flight calls, then stops.
+    pub async fn shutdown(self) {
+        self.state.lifecycle.start_drain();
+        let deadline = tokio::time::Instant::now() + self.state.config.drain();
+        while !self.state.conns.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.server.await;
+        self.stop_background.cancel();
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.state.redis.quit().await;
+        self.state.db.close().await;
+        tracing::info!(pod_id = %self.state.pod_id, "meshgate replica stopped");
+    }
+
+    /// Stops as a crash would: sockets dropped, nothing cleaned up in Redis.
+    pub async fn kill(self) {
+        self.state.lifecycle.kill.cancel();
+        self.server.abort();
+        self.stop_background.cancel();
+        for task in &self.background {
+            task.abort();
+        }
+        self.state.redis.quit().await;
+    }
+}
+
+/// Runs a replica until SIGTERM or Ctrl-C, then drains it.
+pub async fn run(config: Config, listener: tokio::net::TcpListener) -> Result<()> {
+    let pod = start(config, listener).await?;
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received; draining");
+    pod.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,108 @@
+//! Process counters, rendered as Prometheus text at `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Monotonic counters; gauges are read from their owners at render time.
+#[derive(Default)]
+pub struct Metrics {
+    pub commands_sent: AtomicU64,
+    pub commands_offline: AtomicU64,
+    pub commands_delivered: AtomicU64,
+    pub commands_undeliverable: AtomicU64,
+    pub commands_queue_full: AtomicU64,
+    pub pubsub_messages_lost: AtomicU64,
+    pub daemon_frames_in: AtomicU64,
+    pub daemon_parse_errors: AtomicU64,
+    pub daemons_reaped: AtomicU64,
+    pub tasks_retried: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub db_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition; `gauges` are (name, help, value).
+    pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
+        use std::fmt::Write;
+        let counters: [(&str, &str, &AtomicU64); 12] = [
+            (
+                "meshgate_commands_sent_total",
+                "Commands published to a pod holding the daemon",
+                &self.commands_sent,
+            ),
+            (
+                "meshgate_commands_offline_total",
+                "Commands refused because no pod holds the daemon",
+                &self.commands_offline,
+            ),
+            (
+                "meshgate_commands_delivered_total",
+                "Commands queued on a local daemon socket",
+                &self.commands_delivered,
+            ),
+            (
+                "meshgate_commands_undeliverable_total",
+                "Commands that arrived for a socket that had closed or been replaced",
+                &self.commands_undeliverable,
+            ),
+            (
+                "meshgate_commands_queue_full_total",
+                "Commands dropped because the daemon socket queue was full",
+                &self.commands_queue_full,
+            ),
+            (
+                "meshgate_pubsub_messages_lost_total",
+                "Pub/sub messages lost because the pod lagged behind Redis",
+                &self.pubsub_messages_lost,
+            ),
+            (
+                "meshgate_daemon_frames_total",
+                "Frames received from daemons",
+                &self.daemon_frames_in,
+            ),
+            (
+                "meshgate_daemon_parse_errors_total",
+                "Daemon frames answered with PARSE_ERROR",
+                &self.daemon_parse_errors,
+            ),
+            (
+                "meshgate_daemons_reaped_total",
+                "Gone daemons cleaned up by this pod",
+                &self.daemons_reaped,
+            ),
+            (
+                "meshgate_tasks_retried_total",
+                "Tasks put back or failed after their daemon was gone",
+                &self.tasks_retried,
+            ),
+            (
+                "meshgate_redis_errors_total",
+                "Redis operations that failed",
+                &self.redis_errors,
+            ),
+            (
+                "meshgate_db_errors_total",
+                "PostgreSQL operations that failed",
+                &self.db_errors,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,59 @@
+//! The state every handler shares: cheap handles, built once per pod.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cluster::{registry::Lease, Redis},
+    config::Config,
+    daemon::connections::Connections,
+    key_usage::KeyUsage,
+    metrics::Metrics,
+};
+
+/// Handles of one replica. Cloning is cheap (all `Arc`s).
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pod_id: Arc<str>,
+    pub db: PgPool,
+    pub redis: Arc<Redis>,
+    pub conns: Arc<Connections>,
+    pub metrics: Arc<Metrics>,
+    pub key_usage: KeyUsage,
+    pub lifecycle: Lifecycle,
+}
+
+impl AppState {
+    pub fn lease(&self) -> Lease {
+        Lease {
+            ttl_ms: self.config.lease_ttl_ms,
+            grace_ms: self.config.disconnect_grace_ms,
+        }
+    }
+}
+
+/// How a pod stops. `drain` asks sockets to close cleanly (cleanup runs);
+/// `kill` drops them with no cleanup at all, as a crashed process would.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    pub drain: CancellationToken,
+    pub kill: CancellationToken,
+    draining: Arc<AtomicBool>,
+}
+
+impl Lifecycle {
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.drain.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
