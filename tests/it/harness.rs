@@ -1,0 +1,183 @@
+//! Test pods against the real Redis and PostgreSQL: every test gets its own
+//! database (migrated) and its own Redis key prefix, and starts as many
+//! replicas as it likes in this process on port 0.
+
+use std::{future::Future, time::Duration};
+
+use clap::Parser;
+use meshgate::{db::accounts::NewKey, Config, Pod};
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+pub fn admin_db_url() -> String {
+    std::env::var("MESHGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("MESHGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Replaces the database name of a PostgreSQL URL.
+fn with_db(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{db}")
+}
+
+static CLEANED: OnceCell<()> = OnceCell::const_new();
+
+/// Drops the databases earlier runs left behind (once per test binary).
+async fn drop_leftovers(admin: &PgPool) {
+    CLEANED
+        .get_or_init(|| async {
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'mg_test_%'",
+            )
+            .fetch_all(admin)
+            .await
+            .expect("list test databases");
+            for name in names {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(admin)
+                    .await;
+            }
+        })
+        .await;
+}
+
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// One test's world: a fresh database and Redis prefix.
+pub struct TestEnv {
+    pub db_url: String,
+    pub pool: PgPool,
+    pub prefix: String,
+    pub redis_url: String,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let admin = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&admin_db_url())
+            .await
+            .expect("connect to the test PostgreSQL (see MESHGATE_TEST_DATABASE_URL)");
+        drop_leftovers(&admin).await;
+        let name = format!("mg_test_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let db_url = with_db(&admin_db_url(), &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&db_url)
+            .await
+            .expect("connect to test database");
+        meshgate::db::migrate(&pool).await.expect("migrate");
+        Self {
+            db_url,
+            pool,
+            prefix: format!("mgt{}", &Uuid::new_v4().simple().to_string()[..12]),
+            redis_url: redis_url(),
+        }
+    }
+
+    /// Settings with short leases so tests run in seconds; `extra` flags
+    /// override them.
+    pub fn config(&self, extra: &[&str]) -> Config {
+        let mut args = vec![
+            "meshgate".to_owned(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--database-url={}", self.db_url),
+            format!("--redis-url={}", self.redis_url),
+            format!("--redis-prefix={}", self.prefix),
+            "--lease-ttl-ms=900".into(),
+            "--lease-refresh-ms=200".into(),
+            "--disconnect-grace-ms=1200".into(),
+            "--reaper-interval-ms=100".into(),
+            "--request-timeout-ms=2000".into(),
+            "--drain-ms=3000".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Cli::parse_from(args).config
+    }
+
+    /// Starts a replica with the test settings.
+    pub async fn pod(&self) -> Pod {
+        self.pod_with(&[]).await
+    }
+
+    pub async fn pod_with(&self, extra: &[&str]) -> Pod {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        meshgate::start(self.config(extra), listener)
+            .await
+            .expect("pod starts")
+    }
+
+    /// A new owner with one key.
+    pub async fn owner(&self) -> NewKey {
+        let email = format!("{}@test.invalid", Uuid::new_v4().simple());
+        meshgate::db::accounts::create_key(&self.pool, &email, None)
+            .await
+            .expect("create key")
+    }
+
+    /// A task of `owner` in `status`, assigned to `daemon`.
+    pub async fn task(&self, owner: Uuid, status: &str, daemon: Option<Uuid>) -> Uuid {
+        sqlx::query_scalar(
+            "INSERT INTO tasks (owner_id, name, plan, status, daemon_id, max_retries)
+             VALUES ($1, 'test task', 'do it', $2, $3, 3) RETURNING id",
+        )
+        .bind(owner)
+        .bind(status)
+        .bind(daemon)
+        .fetch_one(&self.pool)
+        .await
+        .expect("insert task")
+    }
+
+    pub async fn task_row(&self, id: Uuid) -> TaskRow {
+        sqlx::query_as(
+            "SELECT status, daemon_id, retry_count, failed_daemon_ids, version FROM tasks WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .expect("task row")
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct TaskRow {
+    pub status: String,
+    pub daemon_id: Option<Uuid>,
+    pub retry_count: i32,
+    pub failed_daemon_ids: Vec<Uuid>,
+    pub version: i32,
+}
+
+/// Polls `check` until it returns `Some` or `limit` passes.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
