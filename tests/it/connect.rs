@@ -28,7 +28,7 @@ async fn upgrade_is_refused_without_a_valid_key() {
         (Some(&revoked.key), 401, "AUTH_FAILED"),
     ];
     for (key, status, code) in cases {
-        let refusal = open(pod.addr(), key).await.err().expect("refused");
+        let refusal = open(pod.addr(), key).await.expect_err("refused");
         assert_eq!(refusal.status, status, "key {key:?}");
         assert_eq!(refusal.body["code"], code, "key {key:?}: {}", refusal.body);
         assert!(refusal.body["message"].is_string());
@@ -46,8 +46,7 @@ async fn upgrade_answers_503_when_the_database_is_unreachable() {
         .await;
     let refusal = open(pod.addr(), Some("mgk_whatever"))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refusal.status, 503);
     assert_eq!(refusal.body["code"], "DB_UNAVAILABLE");
     pod.shutdown().await;
