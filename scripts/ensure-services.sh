@@ -46,14 +46,10 @@ pg_try() {
         return 1
     }
     local out
-    out=$(env -u PGPASSWORD PGPASSFILE=/dev/null PGCONNECT_TIMEOUT=3 \
+    out=$(env -u PGPASSWORD PGPASSFILE=/nonexistent/meshgate-no-pgpass PGCONNECT_TIMEOUT=3 \
         timeout 10 psql -X -w -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
-        -tAc 'SELECT 1' 2>&1) || {
-        echo "$out"
-        return 1
-    }
-    [[ $out == 1 ]] || {
-        echo "$out"
+        -tAc 'SELECT 1' 2>&1) && grep -qx 1 <<<"$out" || {
+        echo "${out:-psql failed}"
         return 1
     }
 }
@@ -135,6 +131,8 @@ pg_cluster() {
 
 pg_ver='' pg_name='' pg_status=''
 if ! pg_ok && [[ $(pg_ready_status) == 2 ]]; then
+    port_open "$PG_PORT" &&
+        die "something that is not PostgreSQL listens on 127.0.0.1:$PG_PORT"
     read -r pg_ver pg_name pg_status < <(pg_cluster) || true
     if [[ -z $pg_ver ]]; then
         pg_server_installed || die "nothing answers on 127.0.0.1:$PG_PORT and no PostgreSQL server is installed"
@@ -181,6 +179,9 @@ if ! pg_ok; then
 fi
 if ! pg_ok; then
     err=$(pg_try || true)
+    # Only an authentication failure is fixed by pg_hba.conf.
+    grep -qE 'no password supplied|authentication failed|no pg_hba.conf entry' <<<"$err" ||
+        die "psql -h 127.0.0.1 -p $PG_PORT -U postgres fails: $err"
     [[ -n $pg_ver ]] || read -r pg_ver pg_name pg_status < <(pg_cluster) || true
     [[ -n $pg_ver ]] ||
         die "psql -h 127.0.0.1 -p $PG_PORT -U postgres fails and it is no Debian cluster this script can fix: $err"

@@ -162,6 +162,34 @@ pub struct Config {
     )]
     pub daemon_queue: usize,
 
+    /// Output lines queued for storage per pod before daemon sockets are
+    /// slowed down (backpressure).
+    #[arg(
+        long = "output-queue",
+        alias = "meshgate-output-queue",
+        env = "MESHGATE_OUTPUT_QUEUE",
+        default_value_t = 10_000
+    )]
+    pub output_queue: usize,
+
+    /// How long a tool key lives unless revoked first.
+    #[arg(
+        long = "tool-key-ttl-ms",
+        alias = "meshgate-tool-key-ttl-ms",
+        env = "MESHGATE_TOOL_KEY_TTL_MS",
+        default_value_t = 7 * 24 * 3600 * 1000
+    )]
+    pub tool_key_ttl_ms: u64,
+
+    /// How long a daemon's reauth status stays readable.
+    #[arg(
+        long = "reauth-ttl-ms",
+        alias = "meshgate-reauth-ttl-ms",
+        env = "MESHGATE_REAUTH_TTL_MS",
+        default_value_t = 15 * 60 * 1000
+    )]
+    pub reauth_ttl_ms: u64,
+
     /// Timeout of a single Redis command.
     #[arg(
         long = "redis-timeout-ms",
@@ -237,7 +265,7 @@ impl Config {
         if self.max_frame_bytes < 1024 {
             return bad("MESHGATE_MAX_FRAME_BYTES", "must be at least 1024");
         }
-        if self.daemon_queue == 0 || self.redis_pubsub_buffer == 0 {
+        if self.daemon_queue == 0 || self.redis_pubsub_buffer == 0 || self.output_queue == 0 {
             return bad(
                 "MESHGATE_DAEMON_QUEUE/REDIS_PUBSUB_BUFFER",
                 "must be above 0",

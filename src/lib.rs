@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod key_usage;
 pub mod metrics;
 pub mod protocol;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cluster::{reaper, routing, Redis},
     daemon::{connections::Connections, leases},
+    ingest::OutputQueue,
     key_usage::KeyUsage,
     metrics::Metrics,
     state::{AppState, Lifecycle},
@@ -59,19 +61,30 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
     let redis = Arc::new(Redis::connect(&config).await?);
     let stop_background = CancellationToken::new();
     let (key_usage, key_usage_task) = KeyUsage::start(db.clone(), stop_background.clone());
+    let metrics = Arc::new(Metrics::default());
+    let (outputs, output_task) = OutputQueue::start(
+        db.clone(),
+        redis.clone(),
+        metrics.clone(),
+        config.output_queue,
+        stop_background.clone(),
+    );
     let state = AppState {
         config: Arc::new(config),
         pod_id: pod_id.clone(),
         db,
         redis: redis.clone(),
         conns: Arc::new(Connections::default()),
-        metrics: Arc::new(Metrics::default()),
+        waiters: Arc::default(),
+        metrics,
         key_usage,
+        outputs,
         lifecycle: Lifecycle::default(),
     };
     let listen_task = routing::listen(
         redis.clone(),
         state.conns.clone(),
+        state.waiters.clone(),
         state.metrics.clone(),
         redis.keys.pod_channel(&pod_id),
         stop_background.clone(),
@@ -79,6 +92,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
     .await?;
     let background = vec![
         key_usage_task,
+        output_task,
         listen_task,
         tokio::spawn(leases::keep(state.clone(), stop_background.clone())),
         tokio::spawn(reaper::run(state.clone(), stop_background.clone())),

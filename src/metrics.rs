@@ -17,6 +17,8 @@ pub struct Metrics {
     pub tasks_retried: AtomicU64,
     pub redis_errors: AtomicU64,
     pub db_errors: AtomicU64,
+    pub output_lines_stored: AtomicU64,
+    pub output_lines_lost: AtomicU64,
 }
 
 impl Metrics {
@@ -27,7 +29,7 @@ impl Metrics {
     /// Prometheus text exposition; `gauges` are (name, help, value).
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "meshgate_commands_sent_total",
                 "Commands published to a pod holding the daemon",
@@ -87,6 +89,16 @@ impl Metrics {
                 "meshgate_db_errors_total",
                 "PostgreSQL operations that failed",
                 &self.db_errors,
+            ),
+            (
+                "meshgate_output_lines_stored_total",
+                "Task output lines persisted",
+                &self.output_lines_stored,
+            ),
+            (
+                "meshgate_output_lines_lost_total",
+                "Task output lines given up at shutdown while PostgreSQL was down",
+                &self.output_lines_lost,
             ),
         ];
         let mut out = String::new();

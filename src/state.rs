@@ -9,9 +9,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cluster::{registry::Lease, Redis},
+    cluster::{pending::Waiters, registry::Lease, Redis},
     config::Config,
     daemon::connections::Connections,
+    ingest::OutputQueue,
     key_usage::KeyUsage,
     metrics::Metrics,
 };
@@ -24,8 +25,12 @@ pub struct AppState {
     pub db: PgPool,
     pub redis: Arc<Redis>,
     pub conns: Arc<Connections>,
+    /// HTTP callers on this pod waiting for a daemon's answer.
+    pub waiters: Arc<Waiters>,
     pub metrics: Arc<Metrics>,
     pub key_usage: KeyUsage,
+    /// Batched persistence and publication of task output.
+    pub outputs: OutputQueue,
     pub lifecycle: Lifecycle,
 }
 

@@ -9,9 +9,12 @@
 //! `redis/README.md`.
 
 pub mod events;
+pub mod pending;
 pub mod reaper;
+pub mod reauth;
 pub mod registry;
 pub mod routing;
+pub mod toolkeys;
 
 use std::time::Duration;
 
@@ -66,6 +69,26 @@ impl Keys {
         format!("{}{pod_id}", self.pod_channel_prefix())
     }
 
+    /// Pods waiting for a daemon's answer of `kind` about a task (set, TTL).
+    pub fn pending(&self, kind: &str, task_id: uuid::Uuid) -> String {
+        format!("{}:pending:{kind}:{task_id}", self.prefix)
+    }
+
+    /// Prefix of tool key entries (followed by the key's SHA-256).
+    pub fn tool_key_prefix(&self) -> String {
+        format!("{}:toolkey:", self.prefix)
+    }
+
+    /// Which key hash a task's tool key has.
+    pub fn tool_key_of_task(&self, task_id: uuid::Uuid) -> String {
+        format!("{}:toolkey-task:{task_id}", self.prefix)
+    }
+
+    /// Last reauth status of a daemon's request.
+    pub fn reauth(&self, daemon_id: uuid::Uuid, request_id: uuid::Uuid) -> String {
+        format!("{}:reauth:{daemon_id}:{request_id}", self.prefix)
+    }
+
     /// Events of one owner (task updates, files, daemon presence).
     pub fn owner_events(&self, owner_id: uuid::Uuid) -> String {
         format!("{}:ev:owner:{owner_id}", self.prefix)
@@ -88,6 +111,10 @@ pub struct Scripts {
     pub list_owner: Script,
     pub reap_claim: Script,
     pub reap_done: Script,
+    pub pending_join: Script,
+    pub pending_take: Script,
+    pub toolkey_set: Script,
+    pub toolkey_revoke: Script,
 }
 
 impl Scripts {
@@ -101,6 +128,10 @@ impl Scripts {
             list_owner: Script::from_lua(include_str!("../../redis/list_owner.lua")),
             reap_claim: Script::from_lua(include_str!("../../redis/reap_claim.lua")),
             reap_done: Script::from_lua(include_str!("../../redis/reap_done.lua")),
+            pending_join: Script::from_lua(include_str!("../../redis/pending_join.lua")),
+            pending_take: Script::from_lua(include_str!("../../redis/pending_take.lua")),
+            toolkey_set: Script::from_lua(include_str!("../../redis/toolkey_set.lua")),
+            toolkey_revoke: Script::from_lua(include_str!("../../redis/toolkey_revoke.lua")),
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Redis;
+use super::{pending, Redis};
 use crate::{
     daemon::connections::{Connections, DeliverError},
     metrics::Metrics,
@@ -70,6 +70,7 @@ pub async fn send_raw(
 pub async fn listen(
     redis: Arc<Redis>,
     conns: Arc<Connections>,
+    waiters: Arc<pending::Waiters>,
     metrics: Arc<Metrics>,
     pod_channel: String,
     stop: CancellationToken,
@@ -84,7 +85,9 @@ pub async fn listen(
                 msg = rx.recv() => msg,
             };
             match msg {
-                Ok(msg) if *msg.channel == *pod_channel => dispatch(&conns, &metrics, msg.value),
+                Ok(msg) if *msg.channel == *pod_channel => {
+                    dispatch(&conns, &waiters, &metrics, msg.value)
+                }
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {
                     metrics.pubsub_messages_lost.fetch_add(n, Ordering::Relaxed);
@@ -101,12 +104,17 @@ pub async fn listen(
 }
 
 /// Handles one message of the pod channel: `C|daemon|conn|json` delivers a
-/// command, `K|daemon|conn` closes a replaced socket.
-fn dispatch(conns: &Connections, metrics: &Metrics, value: Value) {
+/// command, `K|daemon|conn` closes a replaced socket, `R|kind|task|json`
+/// answers local callers waiting for a daemon.
+fn dispatch(conns: &Connections, waiters: &pending::Waiters, metrics: &Metrics, value: Value) {
     let Some(text) = value.as_str() else {
         tracing::warn!("non-text message on pod channel");
         return;
     };
+    if let Some(rest) = text.strip_prefix("R|") {
+        deliver_answer(waiters, rest);
+        return;
+    }
     let mut parts = text.splitn(4, '|');
     let (kind, daemon, conn) = (parts.next(), parts.next(), parts.next());
     let (Some(daemon), Some(conn)) = (
@@ -134,5 +142,18 @@ fn dispatch(conns: &Connections, metrics: &Metrics, value: Value) {
             }
         }
         _ => tracing::warn!("unknown message on pod channel"),
+    }
+}
+
+/// `kind|task|json`: an answer some local callers wait for.
+fn deliver_answer(waiters: &pending::Waiters, rest: &str) {
+    let mut parts = rest.splitn(3, '|');
+    let kind = parts.next().and_then(pending::Kind::parse);
+    let task = parts.next().and_then(|t| t.parse::<Uuid>().ok());
+    match (kind, task, parts.next()) {
+        (Some(kind), Some(task), Some(answer)) => {
+            waiters.deliver(kind, task, answer);
+        }
+        _ => tracing::warn!("malformed answer on pod channel"),
     }
 }

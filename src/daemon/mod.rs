@@ -5,7 +5,14 @@
 //! entries alive.
 
 pub mod connections;
+pub mod files;
+pub mod git;
+pub mod keys;
 pub mod leases;
+pub mod lifecycle;
+pub mod output;
 pub mod presence;
+pub mod replies;
 pub mod session;
 pub mod socket;
+pub mod supervisor;

@@ -15,7 +15,10 @@ use crate::{
     },
     db,
     metrics::Metrics,
-    protocol::{client::ClientEvent, daemon::DaemonCommand},
+    protocol::{
+        client::ClientEvent,
+        daemon::{Authenticate, DaemonCommand, DaemonDirectories, Heartbeat},
+    },
 };
 
 /// Longest machine id or hostname accepted.
@@ -27,12 +30,13 @@ const MAX_ACTIVE_TASKS: usize = 1_000;
 /// machine id), the socket becomes the daemon's current connection in the
 /// registry (closing any older one, wherever it is), and `authenticated` is
 /// the answer.
-pub async fn authenticate(
-    s: &mut Session,
-    machine_id: String,
-    hostname: String,
-    max_concurrent_tasks: i32,
-) -> Step {
+pub async fn authenticate(s: &mut Session, m: Authenticate) -> Step {
+    let Authenticate {
+        machine_id,
+        hostname,
+        max_concurrent_tasks,
+        ..
+    } = m;
     if machine_id.trim().is_empty() || machine_id.chars().count() > MAX_NAME {
         return Step::Reply(error(
             "PARSE_ERROR",
@@ -125,7 +129,8 @@ pub async fn authenticate(
 }
 
 /// `heartbeat`: last heartbeat and active tasks, in the registry and the row.
-pub async fn heartbeat(s: &mut Session, me: &Registered, active_tasks: Vec<Uuid>) -> Step {
+pub async fn heartbeat(s: &mut Session, me: &Registered, m: Heartbeat) -> Step {
+    let active_tasks = m.active_tasks;
     if active_tasks.len() > MAX_ACTIVE_TASKS {
         return Step::Reply(error("PARSE_ERROR", "activeTasks lists too many tasks"));
     }
@@ -151,13 +156,8 @@ pub async fn heartbeat(s: &mut Session, me: &Registered, active_tasks: Vec<Uuid>
 }
 
 /// `daemonDirectories`: where the daemon keeps its work, for clients.
-pub async fn directories(
-    s: &mut Session,
-    me: &Registered,
-    working: String,
-    home: String,
-    worktrees: String,
-) -> Step {
+pub async fn directories(s: &mut Session, me: &Registered, m: DaemonDirectories) -> Step {
+    let (working, home, worktrees) = (m.working_directory, m.home_directory, m.worktrees_directory);
     s.state.conns.update_entry(s.conn, |e| {
         e.working_directory = Some(working.clone());
         e.home_directory = Some(home.clone());

@@ -3,6 +3,8 @@
 
 pub mod accounts;
 pub mod daemons;
+pub mod history;
+pub mod outputs;
 pub mod tasks;
 
 use std::time::Duration;

@@ -15,6 +15,51 @@ pub struct TaskChange {
     pub retry_count: i32,
 }
 
+/// What daemon message handlers need to know about the task a message
+/// names, once it is known to be the daemon's own.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TaskRef {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub contract_id: Option<Uuid>,
+    pub name: String,
+    pub status: String,
+    pub is_supervisor: bool,
+    pub daemon_id: Option<Uuid>,
+    pub version: i32,
+}
+
+/// The task if it belongs to `owner_id` and is assigned to `daemon_id`;
+/// `None` otherwise (callers answer `TASK_NOT_FOUND` and never reveal which).
+pub async fn assigned(
+    pool: &PgPool,
+    owner_id: Uuid,
+    daemon_id: Uuid,
+    task_id: Uuid,
+) -> Result<Option<TaskRef>> {
+    Ok(sqlx::query_as(
+        "SELECT id, owner_id, contract_id, name, status, is_supervisor, daemon_id, version
+         FROM tasks WHERE id = $1 AND owner_id = $2 AND daemon_id = $3",
+    )
+    .bind(task_id)
+    .bind(owner_id)
+    .bind(daemon_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Any task of `owner_id` (for flows that cross daemons, e.g. a supervisor).
+pub async fn of_owner(pool: &PgPool, owner_id: Uuid, task_id: Uuid) -> Result<Option<TaskRef>> {
+    Ok(sqlx::query_as(
+        "SELECT id, owner_id, contract_id, name, status, is_supervisor, daemon_id, version
+         FROM tasks WHERE id = $1 AND owner_id = $2",
+    )
+    .bind(task_id)
+    .bind(owner_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// Statuses in which a task occupies a daemon.
 pub const ACTIVE_STATUSES: [&str; 3] = ["starting", "running", "initializing"];
 

@@ -30,6 +30,9 @@ pub enum MessageType {
     Error,
     /// A line that is not Claude Code JSON, passed through as text.
     Raw,
+    /// The daemon's Claude login expired (`authenticationRequired`); the
+    /// login URL is in `toolInput`. Published, not stored.
+    AuthRequired,
 }
 
 impl MessageType {
@@ -43,6 +46,7 @@ impl MessageType {
             Self::Result => "result",
             Self::Error => "error",
             Self::Raw => "raw",
+            Self::AuthRequired => "auth_required",
         }
     }
 }

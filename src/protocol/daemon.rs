@@ -97,397 +97,67 @@ impl ReauthState {
 
 /// A message from a daemon to the server (PROTOCOL.md §1.1).
 ///
+/// Each variant holds a struct of the same name with the message's fields.
 /// Optional fields may be absent or `null`; both decode to `None`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
+#[serde(tag = "type", rename_all = "camelCase")]
 pub enum DaemonMessage {
     /// First message of a connection: identifies the daemon.
-    Authenticate {
-        /// The owner's API key.
-        api_key: Secret,
-        /// Stable id of the machine; with the owner it identifies the daemon.
-        machine_id: String,
-        /// Host name of the machine.
-        hostname: String,
-        /// How many tasks the daemon runs at once.
-        max_concurrent_tasks: i32,
-    },
+    Authenticate(Authenticate),
     /// Periodic liveness signal with the tasks currently running.
-    Heartbeat {
-        /// Ids of the tasks running on the daemon.
-        active_tasks: Vec<Uuid>,
-    },
+    Heartbeat(Heartbeat),
     /// Periodic state report of a running supervisor task.
-    SupervisorHeartbeat {
-        /// The supervisor task.
-        task_id: Uuid,
-        /// The contract the supervisor works on.
-        contract_id: Uuid,
-        /// Supervisor state (e.g. `working`, `waiting_for_tasks`).
-        state: String,
-        /// Current contract phase.
-        phase: String,
-        /// What the supervisor is doing right now.
-        #[serde(default)]
-        current_activity: Option<String>,
-        /// Progress percentage, 0–100.
-        progress: u8,
-        /// Tasks the supervisor is waiting on.
-        pending_task_ids: Vec<Uuid>,
-        /// When the daemon produced this heartbeat.
-        timestamp: DateTime<Utc>,
-    },
+    SupervisorHeartbeat(SupervisorHeartbeat),
     /// One line of task output (Claude Code stream-json or raw text).
-    TaskOutput {
-        /// The task that produced the line.
-        task_id: Uuid,
-        /// The line itself; see [`crate::protocol::claude::parse_output_line`].
-        output: String,
-        /// Whether the line is incomplete.
-        is_partial: bool,
-    },
+    TaskOutput(TaskOutput),
     /// A task changed status.
-    TaskStatusChange {
-        /// The task.
-        task_id: Uuid,
-        /// Status before the change.
-        old_status: String,
-        /// Status after the change.
-        new_status: String,
-    },
+    TaskStatusChange(TaskStatusChange),
     /// A short progress summary of a task.
-    TaskProgress {
-        /// The task.
-        task_id: Uuid,
-        /// Summary text.
-        summary: String,
-    },
+    TaskProgress(TaskProgress),
     /// A task finished.
-    TaskComplete {
-        /// The task.
-        task_id: Uuid,
-        /// Whether it succeeded.
-        success: bool,
-        /// Why it failed.
-        #[serde(default)]
-        error: Option<String>,
-    },
+    TaskComplete(TaskComplete),
     /// After a daemon restart, a task from before the restart was found.
-    TaskRecoveryDetected {
-        /// The task.
-        task_id: Uuid,
-        /// The task's state before the restart.
-        previous_state: String,
-        /// Whether its worktree survived.
-        worktree_intact: bool,
-        /// Where the worktree is.
-        #[serde(default)]
-        worktree_path: Option<String>,
-        /// Whether the task must be resumed from a stored patch.
-        needs_patch: bool,
-    },
+    TaskRecoveryDetected(TaskRecoveryDetected),
     /// A running task registers a tool key for calling meshgate's API.
-    RegisterToolKey {
-        /// The task the key belongs to.
-        task_id: Uuid,
-        /// The tool key.
-        key: Secret,
-    },
+    RegisterToolKey(RegisterToolKey),
     /// A task's tool key is no longer valid.
-    RevokeToolKey {
-        /// The task whose key is revoked.
-        task_id: Uuid,
-    },
+    RevokeToolKey(RevokeToolKey),
     /// The daemon's Claude login expired; a user must log in.
-    AuthenticationRequired {
-        /// The task that hit the expired login, if any.
-        #[serde(default)]
-        task_id: Option<Uuid>,
-        /// Where to log in.
-        login_url: String,
-        /// Host name of the daemon.
-        #[serde(default)]
-        hostname: Option<String>,
-    },
+    AuthenticationRequired(AuthenticationRequired),
     /// Progress of a re-authentication (answers `triggerReauth`/`submitAuthCode`).
-    ReauthStatus {
-        /// Id of the re-authentication request.
-        request_id: Uuid,
-        /// Where the request stands.
-        status: ReauthState,
-        /// Where to log in (when `url_ready`).
-        #[serde(default)]
-        login_url: Option<String>,
-        /// Why it failed (when `failed`).
-        #[serde(default)]
-        error: Option<String>,
-        /// Whether the new token was saved; `false` when absent.
-        #[serde(default)]
-        token_saved: bool,
-    },
+    ReauthStatus(ReauthStatus),
     /// Outcome of a `retryCompletionAction` command.
-    CompletionActionResult {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the action succeeded.
-        success: bool,
-        /// Human-readable outcome.
-        message: String,
-        /// URL of the pull request, when the action created one.
-        #[serde(default)]
-        pr_url: Option<String>,
-    },
+    CompletionActionResult(CompletionActionResult),
     /// The daemon's directories, reported after authentication.
-    DaemonDirectories {
-        /// The daemon's working directory.
-        working_directory: String,
-        /// The daemon's home directory.
-        home_directory: String,
-        /// Where the daemon keeps task worktrees.
-        worktrees_directory: String,
-    },
+    DaemonDirectories(DaemonDirectories),
     /// Outcome of a `cloneWorktree` command.
-    CloneWorktreeResult {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the clone succeeded.
-        success: bool,
-        /// Human-readable outcome.
-        message: String,
-        /// Where the worktree was cloned to.
-        #[serde(default)]
-        target_dir: Option<String>,
-    },
+    CloneWorktreeResult(CloneWorktreeResult),
     /// Outcome of a `checkTargetExists` command.
-    CheckTargetExistsResult {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the directory exists.
-        exists: bool,
-        /// The directory checked.
-        target_dir: String,
-    },
+    CheckTargetExistsResult(CheckTargetExistsResult),
     /// Outcome of a `readRepoFile` command.
-    RepoFileContent {
-        /// The request id, which is the id of the file record.
-        request_id: Uuid,
-        /// Path of the file in the repository.
-        file_path: String,
-        /// The file's content, when read.
-        #[serde(default)]
-        content: Option<String>,
-        /// Whether the read succeeded.
-        success: bool,
-        /// Why it failed.
-        #[serde(default)]
-        error: Option<String>,
-    },
+    RepoFileContent(RepoFileContent),
     /// Outcome of a `createBranch` command.
-    BranchCreated {
-        /// The task, if the branch was created for one.
-        #[serde(default)]
-        task_id: Option<Uuid>,
-        /// Name of the branch.
-        branch_name: String,
-        /// Whether it was created.
-        success: bool,
-        /// Why it failed.
-        #[serde(default)]
-        error: Option<String>,
-    },
+    BranchCreated(BranchCreated),
     /// Outcome of a `createCheckpoint` command.
-    CheckpointCreated {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the checkpoint was created.
-        success: bool,
-        /// Commit of the checkpoint.
-        #[serde(default)]
-        commit_sha: Option<String>,
-        /// Branch the checkpoint was committed on.
-        #[serde(default)]
-        branch_name: Option<String>,
-        /// Sequence number of the checkpoint.
-        #[serde(default)]
-        checkpoint_number: Option<i32>,
-        /// Files changed (any JSON, stored as is).
-        #[serde(default)]
-        files_changed: Option<Value>,
-        /// Lines added.
-        #[serde(default)]
-        lines_added: Option<i32>,
-        /// Lines removed.
-        #[serde(default)]
-        lines_removed: Option<i32>,
-        /// Why it failed.
-        #[serde(default)]
-        error: Option<String>,
-        /// The checkpoint message.
-        message: String,
-        /// Base64 of the gzip-compressed patch, for resuming the task.
-        #[serde(default)]
-        patch_data: Option<String>,
-        /// Commit the patch applies on.
-        #[serde(default)]
-        patch_base_sha: Option<String>,
-        /// Number of files in the patch.
-        #[serde(default)]
-        patch_files_count: Option<i32>,
-    },
+    CheckpointCreated(CheckpointCreated),
     /// Outcome of an `inheritGitConfig` command.
-    GitConfigInherited {
-        /// Whether the config was inherited.
-        success: bool,
-        /// The inherited `user.email`.
-        #[serde(default)]
-        user_email: Option<String>,
-        /// The inherited `user.name`.
-        #[serde(default)]
-        user_name: Option<String>,
-        /// Why it failed.
-        #[serde(default)]
-        error: Option<String>,
-    },
+    GitConfigInherited(GitConfigInherited),
     /// Outcome of a `createExportPatch` command.
-    ExportPatchCreated {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the patch was created.
-        success: bool,
-        /// The patch, uncompressed and human-readable.
-        #[serde(default)]
-        patch_content: Option<String>,
-        /// Number of files in the patch.
-        #[serde(default)]
-        files_count: Option<u64>,
-        /// Lines added.
-        #[serde(default)]
-        lines_added: Option<u64>,
-        /// Lines removed.
-        #[serde(default)]
-        lines_removed: Option<u64>,
-        /// Commit the patch is diffed against.
-        #[serde(default)]
-        base_commit_sha: Option<String>,
-        /// Why it failed.
-        #[serde(default)]
-        error: Option<String>,
-    },
+    ExportPatchCreated(ExportPatchCreated),
     /// Outcome of a `mergeTaskToTarget` command.
-    MergeToTargetResult {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the merge succeeded.
-        success: bool,
-        /// Human-readable outcome.
-        message: String,
-        /// The merge commit.
-        #[serde(default)]
-        commit_sha: Option<String>,
-        /// Paths in conflict.
-        #[serde(default)]
-        conflicts: Option<Vec<String>>,
-    },
+    MergeToTargetResult(MergeToTargetResult),
     /// Outcome of a `createPR` command (tag `prCreated`).
-    PrCreated {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the pull request was created.
-        success: bool,
-        /// Human-readable outcome.
-        message: String,
-        /// URL of the pull request.
-        #[serde(default)]
-        pr_url: Option<String>,
-        /// Number of the pull request.
-        #[serde(default)]
-        pr_number: Option<i32>,
-    },
+    PrCreated(PrCreated),
     /// Outcome of a `getWorktreeDiff` command.
-    WorktreeDiffResult {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the diff was produced.
-        success: bool,
-        /// The diff.
-        #[serde(default)]
-        diff: Option<String>,
-        /// Why it failed.
-        #[serde(default)]
-        error: Option<String>,
-    },
+    WorktreeDiffResult(WorktreeDiffResult),
     /// Outcome of a `getWorktreeInfo` command.
-    WorktreeInfoResult {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the info was gathered.
-        success: bool,
-        /// Where the worktree is.
-        #[serde(default)]
-        worktree_path: Option<String>,
-        /// Whether the worktree exists.
-        exists: bool,
-        /// Number of files changed.
-        files_changed: i32,
-        /// Lines inserted.
-        insertions: i32,
-        /// Lines deleted.
-        deletions: i32,
-        /// The changed files (any JSON, passed on as is).
-        #[serde(default)]
-        files: Option<Value>,
-        /// Current branch.
-        #[serde(default)]
-        branch: Option<String>,
-        /// Current HEAD commit.
-        #[serde(default)]
-        head_sha: Option<String>,
-        /// Why it failed.
-        #[serde(default)]
-        error: Option<String>,
-    },
+    WorktreeInfoResult(WorktreeInfoResult),
     /// Outcome of a `getTaskDiff` command.
-    TaskDiff {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the diff was produced.
-        success: bool,
-        /// The diff.
-        #[serde(default)]
-        diff: Option<String>,
-        /// Why it failed.
-        #[serde(default)]
-        error: Option<String>,
-    },
+    TaskDiff(TaskDiff),
     /// Outcome of a `commitWorktree` command.
-    WorktreeCommitResult {
-        /// The task.
-        task_id: Uuid,
-        /// Whether the commit succeeded.
-        success: bool,
-        /// The new commit.
-        #[serde(default)]
-        commit_sha: Option<String>,
-        /// Why it failed.
-        #[serde(default)]
-        error: Option<String>,
-    },
-    /// A finished task's patch must be merged into its supervisor's worktree,
-    /// which lives on another daemon.
-    MergePatchToSupervisor {
-        /// The finished task.
-        task_id: Uuid,
-        /// The supervisor task to merge into.
-        supervisor_task_id: Uuid,
-        /// Base64 of the gzip-compressed patch.
-        patch_data: String,
-        /// Commit the patch applies on.
-        base_sha: String,
-    },
+    WorktreeCommitResult(WorktreeCommitResult),
+    /// A finished task's patch must be merged into its supervisor's worktree.
+    MergePatchToSupervisor(MergePatchToSupervisor),
 }
 
 impl DaemonMessage {
@@ -526,34 +196,34 @@ impl DaemonMessage {
     /// The wire tag of this message (for logs and metrics).
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Authenticate { .. } => "authenticate",
-            Self::Heartbeat { .. } => "heartbeat",
-            Self::SupervisorHeartbeat { .. } => "supervisorHeartbeat",
-            Self::TaskOutput { .. } => "taskOutput",
-            Self::TaskStatusChange { .. } => "taskStatusChange",
-            Self::TaskProgress { .. } => "taskProgress",
-            Self::TaskComplete { .. } => "taskComplete",
-            Self::TaskRecoveryDetected { .. } => "taskRecoveryDetected",
-            Self::RegisterToolKey { .. } => "registerToolKey",
-            Self::RevokeToolKey { .. } => "revokeToolKey",
-            Self::AuthenticationRequired { .. } => "authenticationRequired",
-            Self::ReauthStatus { .. } => "reauthStatus",
-            Self::CompletionActionResult { .. } => "completionActionResult",
-            Self::DaemonDirectories { .. } => "daemonDirectories",
-            Self::CloneWorktreeResult { .. } => "cloneWorktreeResult",
-            Self::CheckTargetExistsResult { .. } => "checkTargetExistsResult",
-            Self::RepoFileContent { .. } => "repoFileContent",
-            Self::BranchCreated { .. } => "branchCreated",
-            Self::CheckpointCreated { .. } => "checkpointCreated",
-            Self::GitConfigInherited { .. } => "gitConfigInherited",
-            Self::ExportPatchCreated { .. } => "exportPatchCreated",
-            Self::MergeToTargetResult { .. } => "mergeToTargetResult",
-            Self::PrCreated { .. } => "prCreated",
-            Self::WorktreeDiffResult { .. } => "worktreeDiffResult",
-            Self::WorktreeInfoResult { .. } => "worktreeInfoResult",
-            Self::TaskDiff { .. } => "taskDiff",
-            Self::WorktreeCommitResult { .. } => "worktreeCommitResult",
-            Self::MergePatchToSupervisor { .. } => "mergePatchToSupervisor",
+            Self::Authenticate(_) => "authenticate",
+            Self::Heartbeat(_) => "heartbeat",
+            Self::SupervisorHeartbeat(_) => "supervisorHeartbeat",
+            Self::TaskOutput(_) => "taskOutput",
+            Self::TaskStatusChange(_) => "taskStatusChange",
+            Self::TaskProgress(_) => "taskProgress",
+            Self::TaskComplete(_) => "taskComplete",
+            Self::TaskRecoveryDetected(_) => "taskRecoveryDetected",
+            Self::RegisterToolKey(_) => "registerToolKey",
+            Self::RevokeToolKey(_) => "revokeToolKey",
+            Self::AuthenticationRequired(_) => "authenticationRequired",
+            Self::ReauthStatus(_) => "reauthStatus",
+            Self::CompletionActionResult(_) => "completionActionResult",
+            Self::DaemonDirectories(_) => "daemonDirectories",
+            Self::CloneWorktreeResult(_) => "cloneWorktreeResult",
+            Self::CheckTargetExistsResult(_) => "checkTargetExistsResult",
+            Self::RepoFileContent(_) => "repoFileContent",
+            Self::BranchCreated(_) => "branchCreated",
+            Self::CheckpointCreated(_) => "checkpointCreated",
+            Self::GitConfigInherited(_) => "gitConfigInherited",
+            Self::ExportPatchCreated(_) => "exportPatchCreated",
+            Self::MergeToTargetResult(_) => "mergeToTargetResult",
+            Self::PrCreated(_) => "prCreated",
+            Self::WorktreeDiffResult(_) => "worktreeDiffResult",
+            Self::WorktreeInfoResult(_) => "worktreeInfoResult",
+            Self::TaskDiff(_) => "taskDiff",
+            Self::WorktreeCommitResult(_) => "worktreeCommitResult",
+            Self::MergePatchToSupervisor(_) => "mergePatchToSupervisor",
         }
     }
 
@@ -563,37 +233,505 @@ impl DaemonMessage {
     /// ids and give `None`.
     pub fn task_id(&self) -> Option<Uuid> {
         match self {
-            Self::SupervisorHeartbeat { task_id, .. }
-            | Self::TaskOutput { task_id, .. }
-            | Self::TaskStatusChange { task_id, .. }
-            | Self::TaskProgress { task_id, .. }
-            | Self::TaskComplete { task_id, .. }
-            | Self::TaskRecoveryDetected { task_id, .. }
-            | Self::RegisterToolKey { task_id, .. }
-            | Self::RevokeToolKey { task_id }
-            | Self::CompletionActionResult { task_id, .. }
-            | Self::CloneWorktreeResult { task_id, .. }
-            | Self::CheckTargetExistsResult { task_id, .. }
-            | Self::CheckpointCreated { task_id, .. }
-            | Self::ExportPatchCreated { task_id, .. }
-            | Self::MergeToTargetResult { task_id, .. }
-            | Self::PrCreated { task_id, .. }
-            | Self::WorktreeDiffResult { task_id, .. }
-            | Self::WorktreeInfoResult { task_id, .. }
-            | Self::TaskDiff { task_id, .. }
-            | Self::WorktreeCommitResult { task_id, .. }
-            | Self::MergePatchToSupervisor { task_id, .. } => Some(*task_id),
-            Self::AuthenticationRequired { task_id, .. } | Self::BranchCreated { task_id, .. } => {
-                *task_id
+            Self::SupervisorHeartbeat(SupervisorHeartbeat { task_id, .. })
+            | Self::TaskOutput(TaskOutput { task_id, .. })
+            | Self::TaskStatusChange(TaskStatusChange { task_id, .. })
+            | Self::TaskProgress(TaskProgress { task_id, .. })
+            | Self::TaskComplete(TaskComplete { task_id, .. })
+            | Self::TaskRecoveryDetected(TaskRecoveryDetected { task_id, .. })
+            | Self::RegisterToolKey(RegisterToolKey { task_id, .. })
+            | Self::RevokeToolKey(RevokeToolKey { task_id })
+            | Self::CompletionActionResult(CompletionActionResult { task_id, .. })
+            | Self::CloneWorktreeResult(CloneWorktreeResult { task_id, .. })
+            | Self::CheckTargetExistsResult(CheckTargetExistsResult { task_id, .. })
+            | Self::CheckpointCreated(CheckpointCreated { task_id, .. })
+            | Self::ExportPatchCreated(ExportPatchCreated { task_id, .. })
+            | Self::MergeToTargetResult(MergeToTargetResult { task_id, .. })
+            | Self::PrCreated(PrCreated { task_id, .. })
+            | Self::WorktreeDiffResult(WorktreeDiffResult { task_id, .. })
+            | Self::WorktreeInfoResult(WorktreeInfoResult { task_id, .. })
+            | Self::TaskDiff(TaskDiff { task_id, .. })
+            | Self::WorktreeCommitResult(WorktreeCommitResult { task_id, .. })
+            | Self::MergePatchToSupervisor(MergePatchToSupervisor { task_id, .. }) => {
+                Some(*task_id)
             }
-            Self::Authenticate { .. }
-            | Self::Heartbeat { .. }
-            | Self::ReauthStatus { .. }
-            | Self::DaemonDirectories { .. }
-            | Self::RepoFileContent { .. }
-            | Self::GitConfigInherited { .. } => None,
+            Self::AuthenticationRequired(AuthenticationRequired { task_id, .. })
+            | Self::BranchCreated(BranchCreated { task_id, .. }) => *task_id,
+            Self::Authenticate(_)
+            | Self::Heartbeat(_)
+            | Self::ReauthStatus(_)
+            | Self::DaemonDirectories(_)
+            | Self::RepoFileContent(_)
+            | Self::GitConfigInherited(_) => None,
         }
     }
+}
+
+/// First message of a connection: identifies the daemon.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authenticate {
+    /// The owner's API key.
+    pub api_key: Secret,
+    /// Stable id of the machine; with the owner it identifies the daemon.
+    pub machine_id: String,
+    /// Host name of the machine.
+    pub hostname: String,
+    /// How many tasks the daemon runs at once.
+    pub max_concurrent_tasks: i32,
+}
+
+/// Periodic liveness signal with the tasks currently running.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    /// Ids of the tasks running on the daemon.
+    pub active_tasks: Vec<Uuid>,
+}
+
+/// Periodic state report of a running supervisor task.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SupervisorHeartbeat {
+    /// The supervisor task.
+    pub task_id: Uuid,
+    /// The contract the supervisor works on.
+    pub contract_id: Uuid,
+    /// Supervisor state (e.g. `working`, `waiting_for_tasks`).
+    pub state: String,
+    /// Current contract phase.
+    pub phase: String,
+    /// What the supervisor is doing right now.
+    #[serde(default)]
+    pub current_activity: Option<String>,
+    /// Progress percentage, 0–100.
+    pub progress: u8,
+    /// Tasks the supervisor is waiting on.
+    pub pending_task_ids: Vec<Uuid>,
+    /// When the daemon produced this heartbeat.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// One line of task output (Claude Code stream-json or raw text).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOutput {
+    /// The task that produced the line.
+    pub task_id: Uuid,
+    /// The line itself; see [`crate::protocol::claude::parse_output_line`].
+    pub output: String,
+    /// Whether the line is incomplete.
+    pub is_partial: bool,
+}
+
+/// A task changed status.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStatusChange {
+    /// The task.
+    pub task_id: Uuid,
+    /// Status before the change.
+    pub old_status: String,
+    /// Status after the change.
+    pub new_status: String,
+}
+
+/// A short progress summary of a task.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskProgress {
+    /// The task.
+    pub task_id: Uuid,
+    /// Summary text.
+    pub summary: String,
+}
+
+/// A task finished.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskComplete {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// After a daemon restart, a task from before the restart was found.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecoveryDetected {
+    /// The task.
+    pub task_id: Uuid,
+    /// The task's state before the restart.
+    pub previous_state: String,
+    /// Whether its worktree survived.
+    pub worktree_intact: bool,
+    /// Where the worktree is.
+    #[serde(default)]
+    pub worktree_path: Option<String>,
+    /// Whether the task must be resumed from a stored patch.
+    pub needs_patch: bool,
+}
+
+/// A running task registers a tool key for calling meshgate's API.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterToolKey {
+    /// The task the key belongs to.
+    pub task_id: Uuid,
+    /// The tool key.
+    pub key: Secret,
+}
+
+/// A task's tool key is no longer valid.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokeToolKey {
+    /// The task whose key is revoked.
+    pub task_id: Uuid,
+}
+
+/// The daemon's Claude login expired; a user must log in.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationRequired {
+    /// The task that hit the expired login, if any.
+    #[serde(default)]
+    pub task_id: Option<Uuid>,
+    /// Where to log in.
+    pub login_url: String,
+    /// Host name of the daemon.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// Progress of a re-authentication (answers `triggerReauth`/`submitAuthCode`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReauthStatus {
+    /// Id of the re-authentication request.
+    pub request_id: Uuid,
+    /// Where the request stands.
+    pub status: ReauthState,
+    /// Where to log in (when `url_ready`).
+    #[serde(default)]
+    pub login_url: Option<String>,
+    /// Why it failed (when `failed`).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Whether the new token was saved; `false` when absent.
+    #[serde(default)]
+    pub token_saved: bool,
+}
+
+/// Outcome of a `retryCompletionAction` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletionActionResult {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the action succeeded.
+    pub success: bool,
+    /// Human-readable outcome.
+    pub message: String,
+    /// URL of the pull request, when the action created one.
+    #[serde(default)]
+    pub pr_url: Option<String>,
+}
+
+/// The daemon's directories, reported after authentication.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonDirectories {
+    /// The daemon's working directory.
+    pub working_directory: String,
+    /// The daemon's home directory.
+    pub home_directory: String,
+    /// Where the daemon keeps task worktrees.
+    pub worktrees_directory: String,
+}
+
+/// Outcome of a `cloneWorktree` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloneWorktreeResult {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the clone succeeded.
+    pub success: bool,
+    /// Human-readable outcome.
+    pub message: String,
+    /// Where the worktree was cloned to.
+    #[serde(default)]
+    pub target_dir: Option<String>,
+}
+
+/// Outcome of a `checkTargetExists` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckTargetExistsResult {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the directory exists.
+    pub exists: bool,
+    /// The directory checked.
+    pub target_dir: String,
+}
+
+/// Outcome of a `readRepoFile` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoFileContent {
+    /// The request id, which is the id of the file record.
+    pub request_id: Uuid,
+    /// Path of the file in the repository.
+    pub file_path: String,
+    /// The file's content, when read.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Whether the read succeeded.
+    pub success: bool,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Outcome of a `createBranch` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchCreated {
+    /// The task, if the branch was created for one.
+    #[serde(default)]
+    pub task_id: Option<Uuid>,
+    /// Name of the branch.
+    pub branch_name: String,
+    /// Whether it was created.
+    pub success: bool,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Outcome of a `createCheckpoint` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointCreated {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the checkpoint was created.
+    pub success: bool,
+    /// Commit of the checkpoint.
+    #[serde(default)]
+    pub commit_sha: Option<String>,
+    /// Branch the checkpoint was committed on.
+    #[serde(default)]
+    pub branch_name: Option<String>,
+    /// Sequence number of the checkpoint.
+    #[serde(default)]
+    pub checkpoint_number: Option<i32>,
+    /// Files changed (any JSON, stored as is).
+    #[serde(default)]
+    pub files_changed: Option<Value>,
+    /// Lines added.
+    #[serde(default)]
+    pub lines_added: Option<i32>,
+    /// Lines removed.
+    #[serde(default)]
+    pub lines_removed: Option<i32>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The checkpoint message.
+    pub message: String,
+    /// Base64 of the gzip-compressed patch, for resuming the task.
+    #[serde(default)]
+    pub patch_data: Option<String>,
+    /// Commit the patch applies on.
+    #[serde(default)]
+    pub patch_base_sha: Option<String>,
+    /// Number of files in the patch.
+    #[serde(default)]
+    pub patch_files_count: Option<i32>,
+}
+
+/// Outcome of an `inheritGitConfig` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GitConfigInherited {
+    /// Whether the config was inherited.
+    pub success: bool,
+    /// The inherited `user.email`.
+    #[serde(default)]
+    pub user_email: Option<String>,
+    /// The inherited `user.name`.
+    #[serde(default)]
+    pub user_name: Option<String>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Outcome of a `createExportPatch` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportPatchCreated {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the patch was created.
+    pub success: bool,
+    /// The patch, uncompressed and human-readable.
+    #[serde(default)]
+    pub patch_content: Option<String>,
+    /// Number of files in the patch.
+    #[serde(default)]
+    pub files_count: Option<u64>,
+    /// Lines added.
+    #[serde(default)]
+    pub lines_added: Option<u64>,
+    /// Lines removed.
+    #[serde(default)]
+    pub lines_removed: Option<u64>,
+    /// Commit the patch is diffed against.
+    #[serde(default)]
+    pub base_commit_sha: Option<String>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Outcome of a `mergeTaskToTarget` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MergeToTargetResult {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the merge succeeded.
+    pub success: bool,
+    /// Human-readable outcome.
+    pub message: String,
+    /// The merge commit.
+    #[serde(default)]
+    pub commit_sha: Option<String>,
+    /// Paths in conflict.
+    #[serde(default)]
+    pub conflicts: Option<Vec<String>>,
+}
+
+/// Outcome of a `createPR` command (tag `prCreated`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrCreated {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the pull request was created.
+    pub success: bool,
+    /// Human-readable outcome.
+    pub message: String,
+    /// URL of the pull request.
+    #[serde(default)]
+    pub pr_url: Option<String>,
+    /// Number of the pull request.
+    #[serde(default)]
+    pub pr_number: Option<i32>,
+}
+
+/// Outcome of a `getWorktreeDiff` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorktreeDiffResult {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the diff was produced.
+    pub success: bool,
+    /// The diff.
+    #[serde(default)]
+    pub diff: Option<String>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Outcome of a `getWorktreeInfo` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorktreeInfoResult {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the info was gathered.
+    pub success: bool,
+    /// Where the worktree is.
+    #[serde(default)]
+    pub worktree_path: Option<String>,
+    /// Whether the worktree exists.
+    pub exists: bool,
+    /// Number of files changed.
+    pub files_changed: i32,
+    /// Lines inserted.
+    pub insertions: i32,
+    /// Lines deleted.
+    pub deletions: i32,
+    /// The changed files (any JSON, passed on as is).
+    #[serde(default)]
+    pub files: Option<Value>,
+    /// Current branch.
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Current HEAD commit.
+    #[serde(default)]
+    pub head_sha: Option<String>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Outcome of a `getTaskDiff` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDiff {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the diff was produced.
+    pub success: bool,
+    /// The diff.
+    #[serde(default)]
+    pub diff: Option<String>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Outcome of a `commitWorktree` command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorktreeCommitResult {
+    /// The task.
+    pub task_id: Uuid,
+    /// Whether the commit succeeded.
+    pub success: bool,
+    /// The new commit.
+    #[serde(default)]
+    pub commit_sha: Option<String>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A finished task's patch must be merged into its supervisor's worktree,
+/// which lives on another daemon.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MergePatchToSupervisor {
+    /// The finished task.
+    pub task_id: Uuid,
+    /// The supervisor task to merge into.
+    pub supervisor_task_id: Uuid,
+    /// Base64 of the gzip-compressed patch.
+    pub patch_data: String,
+    /// Commit the patch applies on.
+    pub base_sha: String,
 }
 
 /// Why a daemon frame could not be decoded.
@@ -1047,12 +1185,12 @@ mod tests {
 
     #[test]
     fn authenticate() {
-        let DaemonMessage::Authenticate {
+        let DaemonMessage::Authenticate(Authenticate {
             api_key,
             machine_id,
             hostname,
             max_concurrent_tasks,
-        } = sample("authenticate")
+        }) = sample("authenticate")
         else {
             panic!("wrong variant")
         };
@@ -1078,22 +1216,22 @@ mod tests {
 
     #[test]
     fn heartbeat() {
-        let DaemonMessage::Heartbeat { active_tasks } = sample("heartbeat") else {
+        let DaemonMessage::Heartbeat(Heartbeat { active_tasks }) = sample("heartbeat") else {
             panic!()
         };
         assert_eq!(active_tasks, vec![id(T1), id(T2)]);
         let msg = decode_ok(&json!({"type": "heartbeat", "activeTasks": []}));
         assert_eq!(
             msg,
-            DaemonMessage::Heartbeat {
+            DaemonMessage::Heartbeat(Heartbeat {
                 active_tasks: vec![]
-            }
+            })
         );
     }
 
     #[test]
     fn supervisor_heartbeat() {
-        let DaemonMessage::SupervisorHeartbeat {
+        let DaemonMessage::SupervisorHeartbeat(SupervisorHeartbeat {
             task_id,
             contract_id,
             state,
@@ -1102,7 +1240,7 @@ mod tests {
             progress,
             pending_task_ids,
             timestamp,
-        } = sample("supervisorHeartbeat")
+        }) = sample("supervisorHeartbeat")
         else {
             panic!()
         };
@@ -1116,11 +1254,11 @@ mod tests {
 
     #[test]
     fn task_output() {
-        let DaemonMessage::TaskOutput {
+        let DaemonMessage::TaskOutput(TaskOutput {
             task_id,
             output,
             is_partial,
-        } = sample("taskOutput")
+        }) = sample("taskOutput")
         else {
             panic!()
         };
@@ -1131,11 +1269,11 @@ mod tests {
 
     #[test]
     fn task_status_change_progress_complete() {
-        let DaemonMessage::TaskStatusChange {
+        let DaemonMessage::TaskStatusChange(TaskStatusChange {
             old_status,
             new_status,
             ..
-        } = sample("taskStatusChange")
+        }) = sample("taskStatusChange")
         else {
             panic!()
         };
@@ -1143,11 +1281,14 @@ mod tests {
             (old_status.as_str(), new_status.as_str()),
             ("starting", "running")
         );
-        let DaemonMessage::TaskProgress { summary, .. } = sample("taskProgress") else {
+        let DaemonMessage::TaskProgress(TaskProgress { summary, .. }) = sample("taskProgress")
+        else {
             panic!()
         };
         assert_eq!(summary, "Parser done");
-        let DaemonMessage::TaskComplete { success, error, .. } = sample("taskComplete") else {
+        let DaemonMessage::TaskComplete(TaskComplete { success, error, .. }) =
+            sample("taskComplete")
+        else {
             panic!()
         };
         assert!(!success);
@@ -1156,13 +1297,13 @@ mod tests {
 
     #[test]
     fn task_recovery_detected() {
-        let DaemonMessage::TaskRecoveryDetected {
+        let DaemonMessage::TaskRecoveryDetected(TaskRecoveryDetected {
             previous_state,
             worktree_intact,
             worktree_path,
             needs_patch,
             ..
-        } = sample("taskRecoveryDetected")
+        }) = sample("taskRecoveryDetected")
         else {
             panic!()
         };
@@ -1173,23 +1314,25 @@ mod tests {
 
     #[test]
     fn tool_keys() {
-        let DaemonMessage::RegisterToolKey { task_id, key } = sample("registerToolKey") else {
+        let DaemonMessage::RegisterToolKey(RegisterToolKey { task_id, key }) =
+            sample("registerToolKey")
+        else {
             panic!()
         };
         assert_eq!((task_id, key.expose()), (id(T1), "tk_secret"));
         assert_eq!(
             sample("revokeToolKey"),
-            DaemonMessage::RevokeToolKey { task_id: id(T1) }
+            DaemonMessage::RevokeToolKey(RevokeToolKey { task_id: id(T1) })
         );
     }
 
     #[test]
     fn authentication_required() {
-        let DaemonMessage::AuthenticationRequired {
+        let DaemonMessage::AuthenticationRequired(AuthenticationRequired {
             task_id,
             login_url,
             hostname,
-        } = sample("authenticationRequired")
+        }) = sample("authenticationRequired")
         else {
             panic!()
         };
@@ -1202,13 +1345,13 @@ mod tests {
 
     #[test]
     fn reauth_status() {
-        let DaemonMessage::ReauthStatus {
+        let DaemonMessage::ReauthStatus(ReauthStatus {
             request_id,
             status,
             login_url,
             error,
             token_saved,
-        } = sample("reauthStatus")
+        }) = sample("reauthStatus")
         else {
             panic!()
         };
@@ -1219,11 +1362,11 @@ mod tests {
         assert!(!token_saved, "tokenSaved defaults to false");
         let msg = decode_ok(&json!({"type": "reauthStatus", "requestId": R1,
                                     "status": "completed", "tokenSaved": true}));
-        let DaemonMessage::ReauthStatus {
+        let DaemonMessage::ReauthStatus(ReauthStatus {
             status,
             token_saved,
             ..
-        } = msg
+        }) = msg
         else {
             panic!()
         };
@@ -1250,23 +1393,23 @@ mod tests {
 
     #[test]
     fn completion_action_and_directories() {
-        let DaemonMessage::CompletionActionResult {
+        let DaemonMessage::CompletionActionResult(CompletionActionResult {
             success,
             message,
             pr_url,
             ..
-        } = sample("completionActionResult")
+        }) = sample("completionActionResult")
         else {
             panic!()
         };
         assert!(success);
         assert_eq!(message, "PR opened");
         assert_eq!(pr_url.as_deref(), Some("https://github.com/o/r/pull/5"));
-        let DaemonMessage::DaemonDirectories {
+        let DaemonMessage::DaemonDirectories(DaemonDirectories {
             working_directory,
             home_directory,
             worktrees_directory,
-        } = sample("daemonDirectories")
+        }) = sample("daemonDirectories")
         else {
             panic!()
         };
@@ -1277,12 +1420,12 @@ mod tests {
 
     #[test]
     fn clone_and_check_target() {
-        let DaemonMessage::CloneWorktreeResult {
+        let DaemonMessage::CloneWorktreeResult(CloneWorktreeResult {
             success,
             message,
             target_dir,
             ..
-        } = sample("cloneWorktreeResult")
+        }) = sample("cloneWorktreeResult")
         else {
             panic!()
         };
@@ -1291,9 +1434,11 @@ mod tests {
             (message.as_str(), target_dir.as_deref()),
             ("cloned", Some("/tmp/out"))
         );
-        let DaemonMessage::CheckTargetExistsResult {
-            exists, target_dir, ..
-        } = sample("checkTargetExistsResult")
+        let DaemonMessage::CheckTargetExistsResult(CheckTargetExistsResult {
+            exists,
+            target_dir,
+            ..
+        }) = sample("checkTargetExistsResult")
         else {
             panic!()
         };
@@ -1303,13 +1448,13 @@ mod tests {
 
     #[test]
     fn repo_file_content_with_null_error() {
-        let DaemonMessage::RepoFileContent {
+        let DaemonMessage::RepoFileContent(RepoFileContent {
             request_id,
             file_path,
             content,
             success,
             error,
-        } = sample("repoFileContent")
+        }) = sample("repoFileContent")
         else {
             panic!()
         };
@@ -1325,19 +1470,19 @@ mod tests {
         let msg = sample("branchCreated");
         assert_eq!(
             msg,
-            DaemonMessage::BranchCreated {
+            DaemonMessage::BranchCreated(BranchCreated {
                 task_id: None,
                 branch_name: "feature/x".into(),
                 success: true,
                 error: None,
-            }
+            })
         );
         assert_eq!(msg.task_id(), None);
     }
 
     #[test]
     fn checkpoint_created_full() {
-        let DaemonMessage::CheckpointCreated {
+        let DaemonMessage::CheckpointCreated(CheckpointCreated {
             task_id,
             success,
             commit_sha,
@@ -1351,7 +1496,7 @@ mod tests {
             patch_data,
             patch_base_sha,
             patch_files_count,
-        } = sample("checkpointCreated")
+        }) = sample("checkpointCreated")
         else {
             panic!()
         };
@@ -1373,7 +1518,7 @@ mod tests {
     }
 
     fn empty_checkpoint() -> DaemonMessage {
-        DaemonMessage::CheckpointCreated {
+        DaemonMessage::CheckpointCreated(CheckpointCreated {
             task_id: id(T1),
             success: false,
             commit_sha: None,
@@ -1387,7 +1532,7 @@ mod tests {
             patch_data: None,
             patch_base_sha: None,
             patch_files_count: None,
-        }
+        })
     }
 
     #[test]
@@ -1409,12 +1554,12 @@ mod tests {
 
     #[test]
     fn git_config_inherited() {
-        let DaemonMessage::GitConfigInherited {
+        let DaemonMessage::GitConfigInherited(GitConfigInherited {
             success,
             user_email,
             user_name,
             error,
-        } = sample("gitConfigInherited")
+        }) = sample("gitConfigInherited")
         else {
             panic!()
         };
@@ -1426,7 +1571,7 @@ mod tests {
 
     #[test]
     fn export_patch_created() {
-        let DaemonMessage::ExportPatchCreated {
+        let DaemonMessage::ExportPatchCreated(ExportPatchCreated {
             patch_content,
             files_count,
             lines_added,
@@ -1434,7 +1579,7 @@ mod tests {
             base_commit_sha,
             error,
             ..
-        } = sample("exportPatchCreated")
+        }) = sample("exportPatchCreated")
         else {
             panic!()
         };
@@ -1449,13 +1594,13 @@ mod tests {
 
     #[test]
     fn merge_to_target_result() {
-        let DaemonMessage::MergeToTargetResult {
+        let DaemonMessage::MergeToTargetResult(MergeToTargetResult {
             success,
             message,
             commit_sha,
             conflicts,
             ..
-        } = sample("mergeToTargetResult")
+        }) = sample("mergeToTargetResult")
         else {
             panic!()
         };
@@ -1470,13 +1615,13 @@ mod tests {
 
     #[test]
     fn pr_created_tag() {
-        let DaemonMessage::PrCreated {
+        let DaemonMessage::PrCreated(PrCreated {
             task_id,
             success,
             message,
             pr_url,
             pr_number,
-        } = sample("prCreated")
+        }) = sample("prCreated")
         else {
             panic!()
         };
@@ -1494,31 +1639,31 @@ mod tests {
 
     #[test]
     fn diffs_and_commit() {
-        let DaemonMessage::WorktreeDiffResult {
+        let DaemonMessage::WorktreeDiffResult(WorktreeDiffResult {
             success,
             diff,
             error,
             ..
-        } = sample("worktreeDiffResult")
+        }) = sample("worktreeDiffResult")
         else {
             panic!()
         };
         assert!(success);
         assert_eq!((diff.as_deref(), error), (Some("+line"), None));
-        let DaemonMessage::TaskDiff {
+        let DaemonMessage::TaskDiff(TaskDiff {
             success,
             diff,
             error,
             ..
-        } = sample("taskDiff")
+        }) = sample("taskDiff")
         else {
             panic!()
         };
         assert!(!success);
         assert_eq!((diff, error.as_deref()), (None, Some("no worktree")));
-        let DaemonMessage::WorktreeCommitResult {
+        let DaemonMessage::WorktreeCommitResult(WorktreeCommitResult {
             commit_sha, error, ..
-        } = sample("worktreeCommitResult")
+        }) = sample("worktreeCommitResult")
         else {
             panic!()
         };
@@ -1527,7 +1672,7 @@ mod tests {
 
     #[test]
     fn worktree_info_result() {
-        let DaemonMessage::WorktreeInfoResult {
+        let DaemonMessage::WorktreeInfoResult(WorktreeInfoResult {
             success,
             worktree_path,
             exists,
@@ -1539,7 +1684,7 @@ mod tests {
             head_sha,
             error,
             ..
-        } = sample("worktreeInfoResult")
+        }) = sample("worktreeInfoResult")
         else {
             panic!()
         };
@@ -1557,12 +1702,12 @@ mod tests {
         let msg = sample("mergePatchToSupervisor");
         assert_eq!(
             msg,
-            DaemonMessage::MergePatchToSupervisor {
+            DaemonMessage::MergePatchToSupervisor(MergePatchToSupervisor {
                 task_id: id(T1),
                 supervisor_task_id: id(T2),
                 patch_data: "H4sIAAAA".into(),
                 base_sha: "def456".into(),
-            }
+            })
         );
     }
 
@@ -1573,10 +1718,10 @@ mod tests {
         let msg = decode_ok(&value);
         assert_eq!(
             msg,
-            DaemonMessage::TaskProgress {
+            DaemonMessage::TaskProgress(TaskProgress {
                 task_id: id(T1),
                 summary: "s".into()
-            }
+            })
         );
     }
 

@@ -6,3 +6,4 @@ mod connect;
 mod crash;
 mod harness;
 mod routing;
+mod tap;

@@ -1,0 +1,190 @@
+//! Task output ingestion: parsed lines are persisted in batches (one
+//! multi-row INSERT) and then published to the task's event channel in one
+//! pipelined round trip, by one task per pod, in arrival order — so order is
+//! kept per task and nothing is spawned per line.
+//!
+//! The queue is bounded. When it is full, [`OutputQueue::push`] waits, which
+//! stops the daemon socket that pushed from reading: backpressure reaches the
+//! daemon instead of lines being dropped. While PostgreSQL is down the batch
+//! is retried with backoff, the queue fills, and daemons are slowed the same
+//! way; nothing is acknowledged or published before it is stored.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use fred::prelude::*;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    cluster::Redis,
+    db::outputs::{self, NewOutput},
+    metrics::Metrics,
+    protocol::client::ClientEvent,
+};
+
+/// Lines per INSERT at most.
+const BATCH: usize = 1_000;
+
+/// Handle to the pod's output queue.
+#[derive(Clone)]
+pub struct OutputQueue {
+    tx: mpsc::Sender<NewOutput>,
+    depth: Arc<AtomicU64>,
+}
+
+impl OutputQueue {
+    /// Starts the writer. On `stop` it stores what is queued, then exits.
+    pub fn start(
+        pool: PgPool,
+        redis: Arc<Redis>,
+        metrics: Arc<Metrics>,
+        capacity: usize,
+        stop: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let depth = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            pool,
+            redis,
+            metrics,
+            depth: depth.clone(),
+        };
+        (Self { tx, depth }, tokio::spawn(writer.run(rx, stop)))
+    }
+
+    /// Queues a line; waits while the queue is full (backpressure).
+    pub async fn push(&self, line: NewOutput) {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(line).await.is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("output queue closed; line not stored");
+        }
+    }
+
+    /// Lines queued and not yet stored.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+}
+
+struct Writer {
+    pool: PgPool,
+    redis: Arc<Redis>,
+    metrics: Arc<Metrics>,
+    depth: Arc<AtomicU64>,
+}
+
+/// The published form: the event plus its owner, like every event.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    owner_id: Uuid,
+    event: &'a ClientEvent,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<NewOutput>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let first = tokio::select! {
+                biased;
+                line = rx.recv() => line,
+                _ = stop.cancelled() => None,
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(line) => batch.push(line),
+                    Err(_) => break,
+                }
+            }
+            self.store(&mut batch, &stop).await;
+        }
+        // Drain: store what is still queued.
+        rx.close();
+        while let Some(line) = rx.recv().await {
+            batch.push(line);
+            if batch.len() == BATCH {
+                self.store(&mut batch, &stop).await;
+            }
+        }
+        self.store(&mut batch, &stop).await;
+    }
+
+    /// Persists, then publishes, then empties `batch`. Persisting is retried
+    /// until it works; once stopping, only for a bounded time.
+    async fn store(&self, batch: &mut Vec<NewOutput>, stop: &CancellationToken) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut backoff = Duration::from_millis(50);
+        let mut attempts_after_stop = 0;
+        loop {
+            match outputs::insert_batch(&self.pool, batch).await {
+                Ok(_) => break,
+                Err(e) => {
+                    Metrics::inc(&self.metrics.db_errors);
+                    if stop.is_cancelled() {
+                        attempts_after_stop += 1;
+                        if attempts_after_stop > 20 {
+                            tracing::error!(lines = batch.len(), error = %e, "shutting down with PostgreSQL unavailable: output lines lost");
+                            self.metrics
+                                .output_lines_lost
+                                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            self.done(batch);
+                            return;
+                        }
+                    }
+                    tracing::warn!(lines = batch.len(), error = %e, "output batch not stored; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        self.metrics
+            .output_lines_stored
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.publish(batch).await;
+        self.done(batch);
+    }
+
+    fn done(&self, batch: &mut Vec<NewOutput>) {
+        self.depth.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        batch.clear();
+    }
+
+    /// Publishes the batch's events in one pipelined round trip
+    /// (best-effort: the lines are stored, clients can re-read them).
+    async fn publish(&self, batch: &[NewOutput]) {
+        let pipeline = self.redis.client.pipeline();
+        for line in batch {
+            let event = ClientEvent::TaskOutput {
+                task_id: line.task_id,
+                event: line.event.clone(),
+            };
+            let payload = match serde_json::to_string(&Envelope {
+                owner_id: line.owner_id,
+                event: &event,
+            }) {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            let channel = self.redis.keys.task_events(line.task_id);
+            let _: Result<(), _> = pipeline.publish(channel, payload).await;
+        }
+        if let Err(e) = pipeline.all::<Vec<Value>>().await {
+            Metrics::inc(&self.metrics.redis_errors);
+            tracing::warn!(lines = batch.len(), error = %e, "output events not published");
+        }
+    }
+}
