@@ -190,6 +190,15 @@ pub struct Config {
     )]
     pub reauth_ttl_ms: u64,
 
+    /// Branch name prefix of pull requests meshgate opens by itself.
+    #[arg(
+        long = "pr-branch-prefix",
+        alias = "meshgate-pr-branch-prefix",
+        env = "MESHGATE_PR_BRANCH_PREFIX",
+        default_value = "meshgate/"
+    )]
+    pub pr_branch_prefix: String,
+
     /// Timeout of a single Redis command.
     #[arg(
         long = "redis-timeout-ms",

@@ -2,9 +2,14 @@
 //! table group. Every query that touches an owner's rows takes the owner id.
 
 pub mod accounts;
+pub mod checkpoints;
+pub mod contracts;
 pub mod daemons;
+pub mod directives;
+pub mod files;
 pub mod history;
 pub mod outputs;
+pub mod supervisors;
 pub mod tasks;
 
 use std::time::Duration;

@@ -4,6 +4,9 @@
 mod client;
 mod connect;
 mod crash;
+mod files;
+mod git_results;
 mod harness;
+mod lifecycle;
 mod routing;
 mod tap;
