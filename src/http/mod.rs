@@ -6,6 +6,7 @@ pub mod daemon_socket;
 pub mod daemons;
 pub mod error;
 pub mod health;
+pub mod tool;
 
 use poem::{get, middleware::Tracing, EndpointExt, Route};
 use poem_openapi::OpenApiService;
@@ -14,8 +15,12 @@ use crate::state::AppState;
 
 /// Every route a replica serves.
 pub fn routes(state: AppState) -> impl poem::Endpoint {
-    let api = OpenApiService::new(daemons::DaemonsApi, "meshgate", env!("CARGO_PKG_VERSION"))
-        .description("Control plane for AI coding worker daemons: any replica serves any call.");
+    let api = OpenApiService::new(
+        (daemons::DaemonsApi, tool::ToolApi),
+        "meshgate",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Control plane for AI coding worker daemons: any replica serves any call.");
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()

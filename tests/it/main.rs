@@ -8,5 +8,6 @@ mod files;
 mod git_results;
 mod harness;
 mod lifecycle;
+mod messages;
 mod routing;
 mod tap;
