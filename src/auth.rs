@@ -75,3 +75,64 @@ mod tests {
         assert_eq!(check_header(Some(b"mgk_abc")), Ok("mgk_abc"));
     }
 }
+
+/// A short-lived cache of key lookups, so a busy client or daemon fleet does
+/// not cost a database round trip per request. Revocation takes effect
+/// within the cache's lifetime (`MESHGATE_AUTH_CACHE_MS`, 5 s by default):
+/// entries are never refreshed, only re-read once they are that old. Unknown
+/// keys are remembered for one second at most, so a new key works at once
+/// and a flood of bad keys does not reach PostgreSQL on every request.
+pub struct AuthCache {
+    ttl: std::time::Duration,
+    entries: std::sync::Mutex<
+        std::collections::HashMap<String, (Option<Principal>, std::time::Instant)>,
+    >,
+}
+
+/// Entries kept at most; past it the cache starts over.
+const AUTH_CACHE_MAX: usize = 50_000;
+
+impl AuthCache {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            entries: Default::default(),
+        }
+    }
+
+    /// The principal of a live key, from the cache or PostgreSQL.
+    pub async fn authenticate(
+        &self,
+        pool: &sqlx::PgPool,
+        key: &str,
+    ) -> crate::Result<Option<Principal>> {
+        let hash = hash_key(key);
+        let negative_ttl = self.ttl.min(std::time::Duration::from_secs(1));
+        if let Some((found, at)) = self.lock().get(&hash).cloned() {
+            let ttl = if found.is_some() {
+                self.ttl
+            } else {
+                negative_ttl
+            };
+            if at.elapsed() < ttl {
+                return Ok(found);
+            }
+        }
+        let found = crate::db::accounts::authenticate(pool, key).await?;
+        let mut entries = self.lock();
+        if entries.len() >= AUTH_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (found, std::time::Instant::now()));
+        Ok(found)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, (Option<Principal>, std::time::Instant)>,
+    > {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

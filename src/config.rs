@@ -199,6 +199,25 @@ pub struct Config {
     )]
     pub pr_branch_prefix: String,
 
+    /// How often each pod looks for pending tasks that no kick dispatched.
+    #[arg(
+        long = "dispatch-sweep-ms",
+        alias = "meshgate-dispatch-sweep-ms",
+        env = "MESHGATE_DISPATCH_SWEEP_MS",
+        default_value_t = 5_000
+    )]
+    pub dispatch_sweep_ms: u64,
+
+    /// How long a checked API key is trusted before it is looked up again
+    /// (a revoked key stops working within this time).
+    #[arg(
+        long = "auth-cache-ms",
+        alias = "meshgate-auth-cache-ms",
+        env = "MESHGATE_AUTH_CACHE_MS",
+        default_value_t = 5_000
+    )]
+    pub auth_cache_ms: u64,
+
     /// Timeout of a single Redis command.
     #[arg(
         long = "redis-timeout-ms",
@@ -328,6 +347,10 @@ impl Config {
 
     pub fn drain(&self) -> Duration {
         Duration::from_millis(self.drain_ms)
+    }
+
+    pub fn dispatch_sweep(&self) -> Duration {
+        Duration::from_millis(self.dispatch_sweep_ms.max(1))
     }
 
     pub fn redis_timeout(&self) -> Duration {

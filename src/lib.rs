@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod dispatch;
 pub mod error;
 pub mod http;
 pub mod ingest;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cluster::{reaper, routing, Redis},
     daemon::{connections::Connections, leases},
+    dispatch::Dispatcher,
     ingest::OutputQueue,
     key_usage::KeyUsage,
     metrics::Metrics,
@@ -69,6 +71,8 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         config.output_queue,
         stop_background.clone(),
     );
+    let (dispatcher, dispatch_rx) = Dispatcher::new();
+    let auth_cache = auth::AuthCache::new(Duration::from_millis(config.auth_cache_ms));
     let state = AppState {
         config: Arc::new(config),
         pod_id: pod_id.clone(),
@@ -78,7 +82,9 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         waiters: Arc::default(),
         metrics,
         key_usage,
+        auth: Arc::new(auth_cache),
         outputs,
+        dispatcher,
         lifecycle: Lifecycle::default(),
     };
     let listen_task = routing::listen(
@@ -96,6 +102,11 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         listen_task,
         tokio::spawn(leases::keep(state.clone(), stop_background.clone())),
         tokio::spawn(reaper::run(state.clone(), stop_background.clone())),
+        tokio::spawn(dispatch::run(
+            state.clone(),
+            dispatch_rx,
+            stop_background.clone(),
+        )),
     ];
 
     let addr = listener.local_addr()?;

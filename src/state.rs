@@ -9,9 +9,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::AuthCache,
     cluster::{pending::Waiters, registry::Lease, Redis},
     config::Config,
     daemon::connections::Connections,
+    dispatch::Dispatcher,
     ingest::OutputQueue,
     key_usage::KeyUsage,
     metrics::Metrics,
@@ -29,8 +31,12 @@ pub struct AppState {
     pub waiters: Arc<Waiters>,
     pub metrics: Arc<Metrics>,
     pub key_usage: KeyUsage,
+    /// API key lookups, cached briefly.
+    pub auth: Arc<AuthCache>,
     /// Batched persistence and publication of task output.
     pub outputs: OutputQueue,
+    /// Kicks this pod's dispatcher.
+    pub dispatcher: Dispatcher,
     pub lifecycle: Lifecycle,
 }
 

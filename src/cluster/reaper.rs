@@ -88,6 +88,10 @@ pub async fn reap_once(state: &AppState) -> Result<usize> {
 async fn cleanup(state: &AppState, daemon_id: Uuid) -> Result<()> {
     let changes = db::tasks::retry_after_disconnect(&state.db, daemon_id).await?;
     Metrics::inc(&state.metrics.daemons_reaped);
+    if let Some(first) = changes.first() {
+        // Tasks back to pending go to another daemon of the owner.
+        state.dispatcher.kick(first.owner_id);
+    }
     for task in changes {
         Metrics::inc(&state.metrics.tasks_retried);
         tracing::info!(

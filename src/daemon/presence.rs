@@ -125,6 +125,8 @@ pub async fn authenticate(s: &mut Session, m: Authenticate) -> Step {
         hostname: Some(hostname),
     };
     events::publish_can_fail(&s.state.redis, owner_audience(owner_id), &presence).await;
+    // Pending tasks may now have somewhere to go.
+    s.state.dispatcher.kick(owner_id);
     Step::Reply(DaemonCommand::Authenticated { daemon_id })
 }
 

@@ -177,9 +177,14 @@ impl Session {
             // Output after completion is re-checked against the database.
             self.owned.remove(&m.task_id);
         }
+        // After these a daemon slot is free or a task is pending again.
+        let kick = matches!(
+            message,
+            DaemonMessage::TaskComplete(_) | DaemonMessage::TaskRecoveryDetected(_)
+        );
         let ctx = self.ctx(me, raw);
         use DaemonMessage as M;
-        match (message, task) {
+        let step = match (message, task) {
             (M::TaskOutput(m), Some(t)) => output::task_output(&ctx, t, m).await,
             (M::TaskStatusChange(m), Some(t)) => lifecycle::task_status_change(&ctx, t, m).await,
             (M::TaskProgress(m), Some(t)) => lifecycle::task_progress(&ctx, t, m).await,
@@ -223,7 +228,11 @@ impl Session {
                 tracing::error!(kind = other.kind(), "message reached dispatch unexpectedly");
                 Step::Nothing
             }
+        };
+        if kick {
+            self.state.dispatcher.kick(self.principal.owner_id);
         }
+        step
     }
 
     fn ctx<'a>(&'a self, me: &'a Registered, raw: &'a str) -> Ctx<'a> {

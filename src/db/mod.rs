@@ -6,10 +6,12 @@ pub mod checkpoints;
 pub mod contracts;
 pub mod daemons;
 pub mod directives;
+pub mod dispatch;
 pub mod files;
 pub mod history;
 pub mod outputs;
 pub mod supervisors;
+pub mod task_views;
 pub mod tasks;
 
 use std::time::Duration;

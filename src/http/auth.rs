@@ -4,7 +4,7 @@ use poem::Request;
 use poem_openapi::{auth::ApiKey, SecurityScheme};
 
 use super::error::ApiError;
-use crate::{auth::Principal, db, state::AppState};
+use crate::{auth::Principal, state::AppState};
 
 /// A user API key (`admin create-key`). Every row a request sees belongs to
 /// the key's owner.
@@ -31,7 +31,7 @@ async fn check_key(req: &Request, key: ApiKey) -> poem::Result<Principal> {
         )
         .into());
     }
-    match db::accounts::authenticate(&state.db, &key.key).await {
+    match state.auth.authenticate(&state.db, &key.key).await {
         Ok(Some(principal)) => {
             state.key_usage.record(principal.key_id);
             Ok(principal)

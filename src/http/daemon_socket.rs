@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::{
     auth::{check_header, HeaderProblem},
-    daemon, db,
+    daemon,
     state::AppState,
 };
 
@@ -49,7 +49,7 @@ pub async fn connect(req: &Request, ws: WebSocket, Data(state): Data<&AppState>)
             )
         }
     };
-    let principal = match db::accounts::authenticate(&state.db, key).await {
+    let principal = match state.auth.authenticate(&state.db, key).await {
         Ok(Some(p)) => p,
         Ok(None) => {
             return refuse(

@@ -31,9 +31,15 @@ pub enum ApiError {
     /// Something failed inside meshgate.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// The daemon answered with an error (`DAEMON_ERROR`).
+    #[oai(status = 502)]
+    BadGateway(Json<ErrorBody>),
     /// A dependency (PostgreSQL, Redis) is unavailable, or the pod drains.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
+    /// The daemon did not answer in time (`DAEMON_TIMEOUT`).
+    #[oai(status = 504)]
+    Timeout(Json<ErrorBody>),
 }
 
 fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
@@ -46,6 +52,33 @@ fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
 impl ApiError {
     pub fn unauthorized(code: &str, message: &str) -> Self {
         Self::Unauthorized(body(code, message))
+    }
+
+    pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
+        Self::BadRequest(body(code, message))
+    }
+
+    pub fn conflict(code: &str, message: impl Into<String>) -> Self {
+        Self::Conflict(body(code, message))
+    }
+
+    pub fn daemon_offline() -> Self {
+        Self::conflict(
+            "DAEMON_OFFLINE",
+            "the daemon is not connected to any replica",
+        )
+    }
+
+    pub fn daemon_error(message: impl Into<String>) -> Self {
+        Self::BadGateway(body("DAEMON_ERROR", message))
+    }
+
+    pub fn daemon_timeout() -> Self {
+        Self::Timeout(body("DAEMON_TIMEOUT", "the daemon did not answer in time"))
+    }
+
+    pub fn internal() -> Self {
+        Self::Internal(body("INTERNAL", "internal error"))
     }
 
     pub fn not_found(what: &str) -> Self {

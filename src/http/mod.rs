@@ -6,17 +6,38 @@ pub mod daemon_socket;
 pub mod daemons;
 pub mod error;
 pub mod health;
+pub mod task_calls;
+pub mod tasks;
 pub mod tool;
 
-use poem::{get, middleware::Tracing, EndpointExt, Route};
-use poem_openapi::OpenApiService;
+use poem::{
+    error::{MethodNotAllowedError, NotFoundError},
+    get,
+    http::StatusCode,
+    middleware::Tracing,
+    web::Json,
+    EndpointExt, IntoResponse, Response, Route,
+};
+use poem_openapi::{
+    error::{
+        AuthorizationError, ContentTypeError, ParseMultipartError, ParseParamError, ParsePathError,
+        ParseRequestPayloadError,
+    },
+    OpenApiService,
+};
+use serde_json::json;
 
 use crate::state::AppState;
 
 /// Every route a replica serves.
 pub fn routes(state: AppState) -> impl poem::Endpoint {
     let api = OpenApiService::new(
-        (daemons::DaemonsApi, tool::ToolApi),
+        (
+            daemons::DaemonsApi,
+            tasks::TasksApi,
+            task_calls::TaskCallsApi,
+            tool::ToolApi,
+        ),
         "meshgate",
         env!("CARGO_PKG_VERSION"),
     )
@@ -31,6 +52,40 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/api/v1/openapi.json", spec)
         .nest("/docs", docs)
         .nest("/", api)
+        .catch_all_error(json_errors)
         .data(state)
         .with(Tracing)
+}
+
+/// Errors raised before a handler runs (a body that does not parse, a
+/// missing key header, an unknown route) get the same `{code, message}`
+/// shape as the handlers' own errors.
+async fn json_errors(err: poem::Error) -> Response {
+    let code = if err.is::<ParseRequestPayloadError>()
+        || err.is::<ParseParamError>()
+        || err.is::<ParsePathError>()
+        || err.is::<ParseMultipartError>()
+    {
+        "BAD_REQUEST"
+    } else if err.is::<ContentTypeError>() {
+        "UNSUPPORTED_MEDIA_TYPE"
+    } else if err.is::<AuthorizationError>() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"code": "MISSING_API_KEY", "message": "the X-Api-Key header (X-Tool-Key on tool routes) is required"})),
+        )
+            .into_response();
+    } else if err.is::<NotFoundError>() {
+        "NOT_FOUND"
+    } else if err.is::<MethodNotAllowedError>() {
+        "METHOD_NOT_ALLOWED"
+    } else {
+        return err.into_response();
+    };
+    let status = err.status();
+    (
+        status,
+        Json(json!({"code": code, "message": err.to_string()})),
+    )
+        .into_response()
 }

@@ -105,6 +105,8 @@ impl TestEnv {
             "--reaper-interval-ms=100".into(),
             "--request-timeout-ms=2000".into(),
             "--drain-ms=3000".into(),
+            "--dispatch-sweep-ms=300".into(),
+            "--auth-cache-ms=300".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Cli::parse_from(args).config
@@ -179,5 +181,54 @@ where
             panic!("timed out waiting for: {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A REST client with one owner's key.
+pub struct Api {
+    pub base: String,
+    pub key: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(addr: std::net::SocketAddr, key: &str) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            key: key.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("x-api-key", &self.key)
+            .send()
+            .await
+            .expect("request");
+        Self::answer(resp).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("x-api-key", &self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        Self::answer(resp).await
+    }
+
+    async fn answer(resp: reqwest::Response) -> (u16, serde_json::Value) {
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 }
