@@ -49,33 +49,6 @@ pub fn check_header(value: Option<&[u8]>) -> Result<&str, HeaderProblem> {
     std::str::from_utf8(raw).map_err(|_| HeaderProblem::Invalid)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_unique_and_hash_stably() {
-        let (a, b) = (generate_key(), generate_key());
-        assert_ne!(a, b);
-        assert!(a.starts_with(KEY_PREFIX));
-        assert_eq!(hash_key(&a), hash_key(&a));
-        assert_ne!(hash_key(&a), hash_key(&b));
-        assert_eq!(hash_key(&a).len(), 64);
-    }
-
-    #[test]
-    fn header_must_be_visible_ascii() {
-        assert_eq!(check_header(None), Err(HeaderProblem::Missing));
-        assert_eq!(check_header(Some(b"")), Err(HeaderProblem::Invalid));
-        assert_eq!(check_header(Some(b"a b")), Err(HeaderProblem::Invalid));
-        assert_eq!(
-            check_header(Some("clé".as_bytes())),
-            Err(HeaderProblem::Invalid)
-        );
-        assert_eq!(check_header(Some(b"mgk_abc")), Ok("mgk_abc"));
-    }
-}
-
 /// A short-lived cache of key lookups, so a busy client or daemon fleet does
 /// not cost a database round trip per request. Revocation takes effect
 /// within the cache's lifetime (`MESHGATE_AUTH_CACHE_MS`, 5 s by default):
@@ -134,5 +107,32 @@ impl AuthCache {
         std::collections::HashMap<String, (Option<Principal>, std::time::Instant)>,
     > {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unique_and_hash_stably() {
+        let (a, b) = (generate_key(), generate_key());
+        assert_ne!(a, b);
+        assert!(a.starts_with(KEY_PREFIX));
+        assert_eq!(hash_key(&a), hash_key(&a));
+        assert_ne!(hash_key(&a), hash_key(&b));
+        assert_eq!(hash_key(&a).len(), 64);
+    }
+
+    #[test]
+    fn header_must_be_visible_ascii() {
+        assert_eq!(check_header(None), Err(HeaderProblem::Missing));
+        assert_eq!(check_header(Some(b"")), Err(HeaderProblem::Invalid));
+        assert_eq!(check_header(Some(b"a b")), Err(HeaderProblem::Invalid));
+        assert_eq!(
+            check_header(Some("clé".as_bytes())),
+            Err(HeaderProblem::Invalid)
+        );
+        assert_eq!(check_header(Some(b"mgk_abc")), Ok("mgk_abc"));
     }
 }

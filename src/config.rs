@@ -218,6 +218,25 @@ pub struct Config {
     )]
     pub auth_cache_ms: u64,
 
+    /// Events queued per web client; a client that falls this far behind is
+    /// disconnected (close code 4008) instead of slowing anyone else.
+    #[arg(
+        long = "client-queue",
+        alias = "meshgate-client-queue",
+        env = "MESHGATE_CLIENT_QUEUE",
+        default_value_t = 4096
+    )]
+    pub client_queue: usize,
+
+    /// Interval of SSE keep-alive comments (so proxies keep idle streams).
+    #[arg(
+        long = "sse-keepalive-ms",
+        alias = "meshgate-sse-keepalive-ms",
+        env = "MESHGATE_SSE_KEEPALIVE_MS",
+        default_value_t = 15_000
+    )]
+    pub sse_keepalive_ms: u64,
+
     /// Timeout of a single Redis command.
     #[arg(
         long = "redis-timeout-ms",

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
@@ -72,6 +73,11 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         stop_background.clone(),
     );
     let (dispatcher, dispatch_rx) = Dispatcher::new();
+    let (hub, hub_task) = cluster::hub::Hub::start(
+        redis.events.clone(),
+        metrics.clone(),
+        stop_background.clone(),
+    );
     let auth_cache = auth::AuthCache::new(Duration::from_millis(config.auth_cache_ms));
     let state = AppState {
         config: Arc::new(config),
@@ -80,6 +86,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         redis: redis.clone(),
         conns: Arc::new(Connections::default()),
         waiters: Arc::default(),
+        hub,
         metrics,
         key_usage,
         auth: Arc::new(auth_cache),
@@ -99,6 +106,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
     let background = vec![
         key_usage_task,
         output_task,
+        hub_task,
         listen_task,
         tokio::spawn(leases::keep(state.clone(), stop_background.clone())),
         tokio::spawn(reaper::run(state.clone(), stop_background.clone())),

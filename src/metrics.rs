@@ -19,6 +19,8 @@ pub struct Metrics {
     pub db_errors: AtomicU64,
     pub output_lines_stored: AtomicU64,
     pub output_lines_lost: AtomicU64,
+    pub events_delivered: AtomicU64,
+    pub clients_dropped_slow: AtomicU64,
 }
 
 impl Metrics {
@@ -29,7 +31,7 @@ impl Metrics {
     /// Prometheus text exposition; `gauges` are (name, help, value).
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "meshgate_commands_sent_total",
                 "Commands published to a pod holding the daemon",
@@ -99,6 +101,16 @@ impl Metrics {
                 "meshgate_output_lines_lost_total",
                 "Task output lines given up at shutdown while PostgreSQL was down",
                 &self.output_lines_lost,
+            ),
+            (
+                "meshgate_events_delivered_total",
+                "Events queued to web clients",
+                &self.events_delivered,
+            ),
+            (
+                "meshgate_clients_dropped_slow_total",
+                "Web clients disconnected because their queue overflowed",
+                &self.clients_dropped_slow,
             ),
         ];
         let mut out = String::new();

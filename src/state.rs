@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::AuthCache,
-    cluster::{pending::Waiters, registry::Lease, Redis},
+    cluster::{hub::Hub, pending::Waiters, registry::Lease, Redis},
     config::Config,
     daemon::connections::Connections,
     dispatch::Dispatcher,
@@ -29,6 +29,8 @@ pub struct AppState {
     pub conns: Arc<Connections>,
     /// HTTP callers on this pod waiting for a daemon's answer.
     pub waiters: Arc<Waiters>,
+    /// Event fan-out to this pod's web clients.
+    pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub key_usage: KeyUsage,
     /// API key lookups, cached briefly.

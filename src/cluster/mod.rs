@@ -9,11 +9,13 @@
 //! `redis/README.md`.
 
 pub mod events;
+pub mod hub;
 pub mod pending;
 pub mod reaper;
 pub mod reauth;
 pub mod registry;
 pub mod routing;
+pub mod tickets;
 pub mod toolkeys;
 
 use std::time::Duration;
@@ -89,6 +91,11 @@ impl Keys {
         format!("{}:reauth:{daemon_id}:{request_id}", self.prefix)
     }
 
+    /// A web client ticket (by hash).
+    pub fn ticket(&self, hash: &str) -> String {
+        format!("{}:ticket:{hash}", self.prefix)
+    }
+
     /// Events of one owner (task updates, files, daemon presence).
     pub fn owner_events(&self, owner_id: uuid::Uuid) -> String {
         format!("{}:ev:owner:{owner_id}", self.prefix)
@@ -140,7 +147,10 @@ impl Scripts {
 /// subscriber connection for the pod's channels.
 pub struct Redis {
     pub client: Client,
+    /// The pod's command channel (commands, kicks, answers).
     pub subscriber: SubscriberClient,
+    /// Event channels of the pod's web clients (see [`hub`]).
+    pub events: SubscriberClient,
     pub keys: Keys,
     pub scripts: Scripts,
 }
@@ -179,11 +189,14 @@ impl Redis {
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
         let client = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
+        let events = builder.build_subscriber_client()?;
         client.init().await?;
         subscriber.init().await?;
+        events.init().await?;
         Ok(Self {
             client,
             subscriber,
+            events,
             keys: Keys::new(&config.redis_prefix),
             scripts: Scripts::new(),
         })
@@ -191,6 +204,7 @@ impl Redis {
 
     /// Closes both connections (used on shutdown and to simulate a crash).
     pub async fn quit(&self) {
+        let _ = self.events.quit().await;
         let _ = self.subscriber.quit().await;
         let _ = self.client.quit().await;
     }

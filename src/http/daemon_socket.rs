@@ -73,6 +73,9 @@ pub async fn connect(req: &Request, ws: WebSocket, Data(state): Data<&AppState>)
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
+        // Bounded: a daemon that stops reading fills its command queue
+        // instead of this buffer growing without limit.
+        .max_write_buffer_size(2 * max + 1024 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let state = state.clone();

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod daemon_socket;
 pub mod daemons;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod task_calls;
 pub mod tasks;
@@ -34,6 +35,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     let api = OpenApiService::new(
         (
             daemons::DaemonsApi,
+            events::EventsApi,
             tasks::TasksApi,
             task_calls::TaskCallsApi,
             tool::ToolApi,
@@ -49,6 +51,8 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/readyz", get(health::readyz))
         .at("/metrics", get(health::metrics))
         .at("/api/v1/mesh/daemons/connect", get(daemon_socket::connect))
+        .at("/api/v1/mesh/events", get(events::events_ws))
+        .at("/api/v1/mesh/events/sse", get(events::events_sse))
         .at("/api/v1/openapi.json", spec)
         .nest("/docs", docs)
         .nest("/", api)

@@ -121,10 +121,15 @@ async fn clean_disconnect_retries_after_the_grace_period_unless_the_daemon_retur
     drop(gone);
     drop(returning);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let _back = Daemon::connect(b.addr(), &owner.key, "returning").await;
+    let back = Daemon::connect(b.addr(), &owner.key, "returning").await;
 
     wait_released(&env, gone_task).await;
-    assert_eq!(env.task_row(gone_task).await.status, "pending");
+    // Released once, then handed to the daemon still connected (it has a
+    // free slot), never back to the one that left.
+    let row = env.task_row(gone_task).await;
+    assert_eq!(row.retry_count, 1);
+    assert_eq!(row.failed_daemon_ids.len(), 1);
+    assert!(row.status == "pending" || row.daemon_id == Some(back.id()), "{row:?}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let kept = env.task_row(kept_task).await;
     assert_eq!(

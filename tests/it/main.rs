@@ -5,6 +5,7 @@ mod api;
 mod client;
 mod connect;
 mod crash;
+mod events;
 mod files;
 mod git_results;
 mod harness;

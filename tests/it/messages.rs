@@ -109,14 +109,11 @@ async fn ten_thousand_lines_in_a_burst_are_all_stored_and_published_in_order() {
     const N: usize = 10_000;
 
     let (mut sink, _stream) = d.ws.split();
-    let frames = (0..N).map(|i| {
-        Ok(Message::Text(
-            line(task, &format!("line {i}")).to_string().into(),
-        ))
-    });
-    sink.send_all(&mut futures_util::stream::iter(frames))
-        .await
-        .unwrap();
+    for i in 0..N {
+        let frame = Message::Text(line(task, &format!("line {i}")).to_string().into());
+        sink.feed(frame).await.unwrap();
+    }
+    sink.flush().await.unwrap();
 
     let rows = eventually(Duration::from_secs(60), "all lines stored", || async {
         let rows = outputs(&env, task).await;
