@@ -237,6 +237,16 @@ pub struct Config {
     )]
     pub sse_keepalive_ms: u64,
 
+    /// How often a pod checks that its own Redis subscriptions deliver
+    /// (readiness fails after three missed rounds).
+    #[arg(
+        long = "self-ping-ms",
+        alias = "meshgate-self-ping-ms",
+        env = "MESHGATE_SELF_PING_MS",
+        default_value_t = 1_000
+    )]
+    pub self_ping_ms: u64,
+
     /// Timeout of a single Redis command.
     #[arg(
         long = "redis-timeout-ms",
@@ -370,6 +380,10 @@ impl Config {
 
     pub fn dispatch_sweep(&self) -> Duration {
         Duration::from_millis(self.dispatch_sweep_ms.max(1))
+    }
+
+    pub fn self_ping(&self) -> Duration {
+        Duration::from_millis(self.self_ping_ms.max(10))
     }
 
     pub fn redis_timeout(&self) -> Duration {

@@ -31,6 +31,17 @@ use crate::{
     protocol::client::ClientEvent,
 };
 
+/// Whether a failed insert can never succeed as it is (integrity or data
+/// errors), as opposed to PostgreSQL being unreachable.
+fn is_permanent(e: &crate::Error) -> bool {
+    match e {
+        crate::Error::Db(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|c| c.starts_with("23") || c.starts_with("22")),
+        _ => false,
+    }
+}
+
 /// Lines per INSERT at most.
 const BATCH: usize = 1_000;
 
@@ -132,6 +143,15 @@ impl Writer {
         loop {
             match outputs::insert_batch(&self.pool, batch).await {
                 Ok(_) => break,
+                Err(e) if is_permanent(&e) => {
+                    // Retrying would fail forever and stall every daemon on
+                    // this pod: store line by line, dropping (and counting)
+                    // only the lines that can never be stored.
+                    Metrics::inc(&self.metrics.db_errors);
+                    tracing::warn!(lines = batch.len(), error = %e, "output batch refused; storing line by line");
+                    self.store_one_by_one(batch).await;
+                    break;
+                }
                 Err(e) => {
                     Metrics::inc(&self.metrics.db_errors);
                     if stop.is_cancelled() {
@@ -156,6 +176,35 @@ impl Writer {
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.publish(batch).await;
         self.done(batch);
+    }
+
+    /// Stores each line alone; lines refused for good (e.g. their task was
+    /// deleted meanwhile) are dropped with a log and a count.
+    async fn store_one_by_one(&self, batch: &mut Vec<NewOutput>) {
+        let mut kept = Vec::with_capacity(batch.len());
+        for line in batch.drain(..) {
+            loop {
+                match outputs::insert_batch(&self.pool, std::slice::from_ref(&line)).await {
+                    Ok(_) => kept.push(line),
+                    Err(e) if is_permanent(&e) => {
+                        self.metrics
+                            .output_lines_lost
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.depth.fetch_sub(1, Ordering::Relaxed);
+                        tracing::error!(task_id = %line.task_id, error = %e, "output line cannot be stored; dropped");
+                    }
+                    Err(e) => {
+                        // Unreachable meanwhile: wait for it, as for batches.
+                        Metrics::inc(&self.metrics.db_errors);
+                        tracing::warn!(error = %e, "output line not stored; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+                break;
+            }
+        }
+        *batch = kept;
     }
 
     fn done(&self, batch: &mut Vec<NewOutput>) {

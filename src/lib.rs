@@ -44,6 +44,9 @@ pub use crate::{
     error::{Error, Result},
 };
 
+/// Daemon sockets are closed in this many batches when a pod drains.
+const DRAIN_BATCHES: usize = 10;
+
 /// A running replica.
 pub struct Pod {
     addr: SocketAddr,
@@ -73,9 +76,12 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         stop_background.clone(),
     );
     let (dispatcher, dispatch_rx) = Dispatcher::new();
+    let liveness = Arc::new(cluster::liveness::Liveness::default());
     let (hub, hub_task) = cluster::hub::Hub::start(
         redis.events.clone(),
         metrics.clone(),
+        redis.keys.pod_events(&pod_id),
+        liveness.clone(),
         stop_background.clone(),
     );
     let auth_cache = auth::AuthCache::new(Duration::from_millis(config.auth_cache_ms));
@@ -87,6 +93,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         conns: Arc::new(Connections::default()),
         waiters: Arc::default(),
         hub,
+        liveness: liveness.clone(),
         metrics,
         key_usage,
         auth: Arc::new(auth_cache),
@@ -98,6 +105,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         redis.clone(),
         state.conns.clone(),
         state.waiters.clone(),
+        liveness,
         state.metrics.clone(),
         redis.keys.pod_channel(&pod_id),
         stop_background.clone(),
@@ -115,17 +123,24 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
             dispatch_rx,
             stop_background.clone(),
         )),
+        tokio::spawn(cluster::liveness::ping(
+            redis.clone(),
+            state.metrics.clone(),
+            pod_id.to_string(),
+            state.config.self_ping(),
+            stop_background.clone(),
+        )),
     ];
 
     let addr = listener.local_addr()?;
     let acceptor = TcpAcceptor::from_tokio(listener)?;
     let app = http::routes(state.clone());
-    let drain = state.lifecycle.drain.clone();
+    let stop_server = state.lifecycle.stop_server.clone();
     let timeout = state.config.drain();
     let server = tokio::spawn(
         Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
             app,
-            async move { drain.cancelled().await },
+            async move { stop_server.cancelled().await },
             Some(timeout),
         ),
     );
@@ -150,14 +165,30 @@ impl Pod {
         &self.state
     }
 
-    /// Stops cleanly: refuses new work, tells daemons to reconnect elsewhere,
-    /// lets their cleanup run, finishes in-flight calls, then stops.
+    /// Stops cleanly: readiness turns 503 and new sockets are refused at
+    /// once; daemons are told to reconnect elsewhere and closed in batches
+    /// over half the drain time (so they do not all land on the other pods
+    /// in the same instant); web clients are told to reconnect; in-flight
+    /// HTTP calls finish; the output queue is flushed; then it returns.
     pub async fn shutdown(self) {
-        self.state.lifecycle.start_drain();
-        let deadline = tokio::time::Instant::now() + self.state.config.drain();
+        let life = &self.state.lifecycle;
+        life.start_drain();
+        let drain = self.state.config.drain();
+        let deadline = tokio::time::Instant::now() + drain;
+        let batches = DRAIN_BATCHES;
+        let pause = drain / 2 / batches as u32;
+        let per_batch = self.state.conns.len().div_ceil(batches).max(1);
+        tracing::info!(
+            daemons = self.state.conns.len(),
+            per_batch,
+            ?pause,
+            "draining daemon sockets"
+        );
         while !self.state.conns.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.state.conns.close_some(per_batch);
+            tokio::time::sleep(pause.max(Duration::from_millis(10))).await;
         }
+        life.stop_server.cancel();
         let _ = self.server.await;
         self.stop_background.cancel();
         for task in self.background {

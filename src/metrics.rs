@@ -1,6 +1,12 @@
 //! Process counters, rendered as Prometheus text at `/metrics`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
 
 /// Monotonic counters; gauges are read from their owners at render time.
 #[derive(Default)]
@@ -21,6 +27,11 @@ pub struct Metrics {
     pub output_lines_lost: AtomicU64,
     pub events_delivered: AtomicU64,
     pub clients_dropped_slow: AtomicU64,
+    pub pending_answered: AtomicU64,
+    pub pending_timeouts: AtomicU64,
+    pub pending_offline: AtomicU64,
+    /// Commands by (type, outcome).
+    commands: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -28,10 +39,21 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one command of `kind` with `outcome` (sent, offline, failed,
+    /// delivered, undeliverable, queue_full).
+    pub fn command(&self, kind: &str, outcome: &'static str) {
+        let mut map = self.commands.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&(kind.to_owned(), outcome)) {
+            *n += 1;
+        } else if map.len() < 1_000 {
+            map.insert((kind.to_owned(), outcome), 1);
+        }
+    }
+
     /// Prometheus text exposition; `gauges` are (name, help, value).
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
             (
                 "meshgate_commands_sent_total",
                 "Commands published to a pod holding the daemon",
@@ -112,6 +134,21 @@ impl Metrics {
                 "Web clients disconnected because their queue overflowed",
                 &self.clients_dropped_slow,
             ),
+            (
+                "meshgate_pending_answered_total",
+                "Waiting calls answered by a daemon",
+                &self.pending_answered,
+            ),
+            (
+                "meshgate_pending_timeouts_total",
+                "Waiting calls that timed out",
+                &self.pending_timeouts,
+            ),
+            (
+                "meshgate_pending_offline_total",
+                "Waiting calls refused because the daemon was offline",
+                &self.pending_offline,
+            ),
         ];
         let mut out = String::new();
         for (name, help, value) in counters {
@@ -120,6 +157,19 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 value.load(Ordering::Relaxed)
             );
+        }
+        let name = "meshgate_commands_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Daemon commands by type and outcome\n# TYPE {name} counter"
+        );
+        for ((kind, outcome), n) in self
+            .commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "{name}{{type=\"{kind}\",outcome=\"{outcome}\"}} {n}");
         }
         for (name, help, value) in gauges {
             let _ = writeln!(

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::AuthCache,
-    cluster::{hub::Hub, pending::Waiters, registry::Lease, Redis},
+    cluster::{hub::Hub, liveness::Liveness, pending::Waiters, registry::Lease, Redis},
     config::Config,
     daemon::connections::Connections,
     dispatch::Dispatcher,
@@ -31,6 +31,8 @@ pub struct AppState {
     pub waiters: Arc<Waiters>,
     /// Event fan-out to this pod's web clients.
     pub hub: Arc<Hub>,
+    /// Whether this pod's subscriptions deliver (readiness).
+    pub liveness: Arc<Liveness>,
     pub metrics: Arc<Metrics>,
     pub key_usage: KeyUsage,
     /// API key lookups, cached briefly.
@@ -57,6 +59,9 @@ impl AppState {
 pub struct Lifecycle {
     pub drain: CancellationToken,
     pub kill: CancellationToken,
+    /// Fired once sockets are drained: the HTTP server stops accepting and
+    /// finishes in-flight calls.
+    pub stop_server: CancellationToken,
     draining: Arc<AtomicBool>,
 }
 

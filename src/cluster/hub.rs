@@ -24,6 +24,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::liveness::{Channel, Liveness};
 use crate::{metrics::Metrics, Result};
 
 /// One web client's receiving end, as the hub sees it.
@@ -52,6 +53,9 @@ pub struct Hub {
     changes: tokio::sync::Mutex<()>,
     janitor: mpsc::UnboundedSender<String>,
     metrics: Arc<Metrics>,
+    /// This pod's self-ping channel on the hub connection.
+    ping_channel: String,
+    liveness: Arc<Liveness>,
 }
 
 impl Hub {
@@ -59,6 +63,8 @@ impl Hub {
     pub fn start(
         subscriber: SubscriberClient,
         metrics: Arc<Metrics>,
+        ping_channel: String,
+        liveness: Arc<Liveness>,
         stop: CancellationToken,
     ) -> (Arc<Self>, JoinHandle<()>) {
         let (janitor, janitor_rx) = mpsc::unbounded_channel();
@@ -68,6 +74,8 @@ impl Hub {
             changes: tokio::sync::Mutex::new(()),
             janitor,
             metrics,
+            ping_channel,
+            liveness,
         });
         let task = tokio::spawn(hub.clone().run(janitor_rx, stop));
         (hub, task)
@@ -121,11 +129,16 @@ impl Hub {
     ) {
         let mut rx = self.subscriber.message_rx();
         let manager = self.subscriber.manage_subscriptions();
+        if let Err(e) = self.subscriber.subscribe(self.ping_channel.as_str()).await {
+            // Readiness stays red until a reconnect resubscribes it.
+            tracing::error!(error = %e, "event hub could not subscribe its ping channel");
+        }
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(channel) = janitor.recv() => self.unsubscribe_if_unused(&channel).await,
                 msg = rx.recv() => match msg {
+                    Ok(msg) if *msg.channel == *self.ping_channel => self.liveness.seen(Channel::Events),
                     Ok(msg) => self.deliver(&msg.channel, &msg.value),
                     Err(RecvError::Lagged(n)) => {
                         self.metrics.pubsub_messages_lost.fetch_add(n, Ordering::Relaxed);

@@ -10,6 +10,7 @@
 
 pub mod events;
 pub mod hub;
+pub mod liveness;
 pub mod pending;
 pub mod reaper;
 pub mod reauth;
@@ -94,6 +95,11 @@ impl Keys {
     /// A web client ticket (by hash).
     pub fn ticket(&self, hash: &str) -> String {
         format!("{}:ticket:{hash}", self.prefix)
+    }
+
+    /// This pod's own event-hub channel (self-pings only).
+    pub fn pod_events(&self, pod_id: &str) -> String {
+        format!("{}:podev:{pod_id}", self.prefix)
     }
 
     /// Events of one owner (task updates, files, daemon presence).
@@ -200,6 +206,19 @@ impl Redis {
             keys: Keys::new(&config.redis_prefix),
             scripts: Scripts::new(),
         })
+    }
+
+    /// Fails at once while the command connection is down, so callers get
+    /// a clear 503/`error` instead of waiting out the command timeout.
+    pub fn ensure_connected(&self) -> crate::Result<()> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(
+                fred::error::Error::new(fred::error::ErrorKind::IO, "redis is not connected")
+                    .into(),
+            )
+        }
     }
 
     /// Closes both connections (used on shutdown and to simulate a crash).

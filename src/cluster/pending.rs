@@ -149,8 +149,26 @@ pub async fn request(
 ) -> std::result::Result<Arc<str>, WaitError> {
     let key = (kind, task_id);
     let rx = r.waiters.add(key);
-    let outcome = join_and_send(&r, kind, task_id, daemon_id, command).await;
-    if let Err(e) = outcome {
+    let outcome = wait(&r, key, rx, daemon_id, command).await;
+    let counter = match &outcome {
+        Ok(_) => &r.metrics.pending_answered,
+        Err(WaitError::Timeout) => &r.metrics.pending_timeouts,
+        Err(WaitError::Offline) => &r.metrics.pending_offline,
+        Err(WaitError::Failed(_)) => &r.metrics.redis_errors,
+    };
+    Metrics::inc(counter);
+    outcome
+}
+
+async fn wait(
+    r: &Request<'_>,
+    key: Key,
+    rx: oneshot::Receiver<Arc<str>>,
+    daemon_id: Uuid,
+    command: &DaemonCommand,
+) -> std::result::Result<Arc<str>, WaitError> {
+    let (kind, task_id) = key;
+    if let Err(e) = join_and_send(r, kind, task_id, daemon_id, command).await {
         r.waiters.prune(key);
         return Err(e);
     }

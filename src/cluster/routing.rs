@@ -14,7 +14,10 @@ use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{pending, Redis};
+use super::{
+    liveness::{Channel, Liveness},
+    pending, Redis,
+};
 use crate::{
     daemon::connections::{Connections, DeliverError},
     metrics::Metrics,
@@ -30,18 +33,24 @@ pub async fn send_command(
     daemon_id: Uuid,
     command: &DaemonCommand,
 ) -> Result<()> {
-    let payload = serde_json::to_string(command)
+    let json = serde_json::to_string(command)
         .map_err(|e| Error::Internal(format!("command not serialisable: {e}")))?;
-    send_raw(redis, metrics, daemon_id, payload).await
+    let kind = command.kind();
+    // The kind travels ahead of the JSON so the receiving pod can count
+    // deliveries by type without parsing the command.
+    let payload = format!("{kind}|{json}");
+    let outcome = route(redis, metrics, daemon_id, payload).await;
+    let label = match &outcome {
+        Ok(()) => "sent",
+        Err(Error::DaemonOffline(_)) => "offline",
+        Err(_) => "failed",
+    };
+    metrics.command(kind, label);
+    outcome
 }
 
-/// [`send_command`] for a command already serialised.
-pub async fn send_raw(
-    redis: &Redis,
-    metrics: &Metrics,
-    daemon_id: Uuid,
-    payload: String,
-) -> Result<()> {
+async fn route(redis: &Redis, metrics: &Metrics, daemon_id: Uuid, payload: String) -> Result<()> {
+    redis.ensure_connected()?;
     let receivers: i64 = redis
         .scripts
         .route
@@ -71,6 +80,7 @@ pub async fn listen(
     redis: Arc<Redis>,
     conns: Arc<Connections>,
     waiters: Arc<pending::Waiters>,
+    liveness: Arc<Liveness>,
     metrics: Arc<Metrics>,
     pod_channel: String,
     stop: CancellationToken,
@@ -86,7 +96,11 @@ pub async fn listen(
             };
             match msg {
                 Ok(msg) if *msg.channel == *pod_channel => {
-                    dispatch(&conns, &waiters, &metrics, msg.value)
+                    if msg.value.as_str().is_some_and(|t| t.starts_with("P|")) {
+                        liveness.seen(Channel::Commands);
+                    } else {
+                        dispatch(&conns, &waiters, &metrics, msg.value);
+                    }
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {
@@ -125,23 +139,43 @@ fn dispatch(conns: &Connections, waiters: &pending::Waiters, metrics: &Metrics, 
         return;
     };
     match (kind, parts.next()) {
-        (Some("C"), Some(json)) => match conns.deliver(daemon, conn, json.to_owned()) {
-            Ok(()) => Metrics::inc(&metrics.commands_delivered),
-            Err(DeliverError::Gone) => {
-                Metrics::inc(&metrics.commands_undeliverable);
-                tracing::warn!(daemon_id = %daemon, %conn, "command for a socket that is gone");
-            }
-            Err(DeliverError::QueueFull) => {
-                Metrics::inc(&metrics.commands_queue_full);
-                tracing::error!(daemon_id = %daemon, %conn, "daemon socket queue full; command dropped");
-            }
-        },
+        (Some("C"), Some(rest)) => {
+            let (kind, json) = rest.split_once('|').unwrap_or(("unknown", rest));
+            deliver(conns, metrics, daemon, conn, kind, json);
+        }
         (Some("K"), _) => {
             if conns.close(daemon, conn) {
                 tracing::info!(daemon_id = %daemon, %conn, "closing socket replaced by a newer connection");
             }
         }
         _ => tracing::warn!("unknown message on pod channel"),
+    }
+}
+
+/// Queues a command on the local socket `conn` of `daemon`.
+fn deliver(
+    conns: &Connections,
+    metrics: &Metrics,
+    daemon: Uuid,
+    conn: Uuid,
+    kind: &str,
+    json: &str,
+) {
+    match conns.deliver(daemon, conn, json.to_owned()) {
+        Ok(()) => {
+            Metrics::inc(&metrics.commands_delivered);
+            metrics.command(kind, "delivered");
+        }
+        Err(DeliverError::Gone) => {
+            Metrics::inc(&metrics.commands_undeliverable);
+            metrics.command(kind, "undeliverable");
+            tracing::warn!(daemon_id = %daemon, %conn, kind, "command for a socket that is gone");
+        }
+        Err(DeliverError::QueueFull) => {
+            Metrics::inc(&metrics.commands_queue_full);
+            metrics.command(kind, "queue_full");
+            tracing::error!(daemon_id = %daemon, %conn, kind, "daemon socket queue full; command dropped");
+        }
     }
 }
 

@@ -96,10 +96,14 @@ impl Connections {
         self.lock().values().map(|l| l.entry.clone()).collect()
     }
 
-    /// Cancels every socket (drain).
-    pub fn close_all(&self) {
-        for local in self.lock().values() {
+    /// Closes up to `n` sockets (a drain batch); returns how many.
+    pub fn close_some(&self, n: usize) -> usize {
+        let map = self.lock();
+        let mut closed = 0;
+        for local in map.values().filter(|l| !l.close.is_cancelled()).take(n) {
             local.close.cancel();
+            closed += 1;
         }
+        closed
     }
 }

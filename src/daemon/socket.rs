@@ -42,8 +42,11 @@ pub async fn serve(ws: WebSocketStream, state: AppState, principal: Principal) {
             biased;
             // A crash: no goodbye and no cleanup (used to simulate SIGKILL).
             _ = life.kill.cancelled() => return,
-            _ = close.cancelled() => break End::Replaced,
-            _ = life.drain.cancelled() => break End::Drain,
+            // Registered sockets are closed by the pod in batches when it
+            // drains (see `Pod::shutdown`), through the same token.
+            _ = close.cancelled() => break if life.is_draining() { End::Drain } else { End::Replaced },
+            // Sockets that never registered just go when the pod drains.
+            _ = life.drain.cancelled(), if session.registered.is_none() => break End::Drain,
             Some(first) = rx.recv() => {
                 if write_commands(&mut sink, first, &mut rx).await.is_err() {
                     break End::Gone;

@@ -32,6 +32,13 @@ pub async fn connect(req: &Request, ws: WebSocket, Data(state): Data<&AppState>)
             "this replica is shutting down; connect again",
         );
     }
+    if state.redis.ensure_connected().is_err() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "REDIS_UNAVAILABLE",
+            "shared state is unavailable; connect again later",
+        );
+    }
     let key = match check_header(req.headers().get("x-api-key").map(|v| v.as_bytes())) {
         Ok(key) => key,
         Err(HeaderProblem::Missing) => {

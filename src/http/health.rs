@@ -20,8 +20,14 @@ pub async fn readyz(Data(state): Data<&AppState>) -> Response {
     let db = sqlx::query("SELECT 1").execute(&state.db);
     let redis = state.redis.client.ping::<String>(None);
     let (db, redis) = tokio::join!(db, redis);
+    let deaf = state
+        .liveness
+        .check(state.config.self_ping() * 3 + std::time::Duration::from_millis(500));
     match (db, redis) {
-        (Ok(_), Ok(_)) => "ready".into_response(),
+        (Ok(_), Ok(_)) => match deaf {
+            Ok(()) => "ready".into_response(),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+        },
         (db, redis) => {
             let why = format!(
                 "postgres: {}, redis: {}",
@@ -41,6 +47,26 @@ pub fn metrics(Data(state): Data<&AppState>) -> Response {
             "meshgate_daemons_connected",
             "Daemon sockets registered on this pod",
             state.conns.len() as u64,
+        ),
+        (
+            "meshgate_web_client_subscriptions",
+            "Web client subscriptions on this pod (a client counts once per topic)",
+            state.hub.slots() as u64,
+        ),
+        (
+            "meshgate_event_channels",
+            "Redis event channels this pod subscribes to for its clients",
+            state.hub.channels() as u64,
+        ),
+        (
+            "meshgate_pending_requests",
+            "HTTP calls on this pod waiting for a daemon",
+            state.waiters.len() as u64,
+        ),
+        (
+            "meshgate_output_queue_depth",
+            "Output lines queued for storage on this pod",
+            state.outputs.depth(),
         ),
         (
             "meshgate_draining",

@@ -129,7 +129,10 @@ async fn clean_disconnect_retries_after_the_grace_period_unless_the_daemon_retur
     let row = env.task_row(gone_task).await;
     assert_eq!(row.retry_count, 1);
     assert_eq!(row.failed_daemon_ids.len(), 1);
-    assert!(row.status == "pending" || row.daemon_id == Some(back.id()), "{row:?}");
+    assert!(
+        row.status == "pending" || row.daemon_id == Some(back.id()),
+        "{row:?}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let kept = env.task_row(kept_task).await;
     assert_eq!(

@@ -107,6 +107,7 @@ impl TestEnv {
             "--drain-ms=3000".into(),
             "--dispatch-sweep-ms=300".into(),
             "--auth-cache-ms=300".into(),
+            "--self-ping-ms=200".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Cli::parse_from(args).config

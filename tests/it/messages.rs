@@ -389,3 +389,40 @@ async fn random_and_truncated_frames_never_break_the_pod() {
     drop(sink);
     reader.abort();
 }
+
+/// A line that can never be stored (its task is gone) must not stall the
+/// queue: the rest of its batch is stored and the loss is counted.
+#[tokio::test]
+async fn an_output_line_for_a_deleted_task_is_dropped_without_stalling_the_queue() {
+    use meshgate::{
+        db::outputs::NewOutput,
+        protocol::claude::{MessageType, OutputEvent},
+    };
+    let env = TestEnv::new().await;
+    let a = env.pod().await;
+    let owner = env.owner().await;
+    let task = env.task(owner.owner_id, "running", None).await;
+    let queue = &a.state().outputs;
+    let line = |task_id, text: &str| NewOutput {
+        task_id,
+        owner_id: owner.owner_id,
+        event: OutputEvent::new(MessageType::Raw, text, false),
+    };
+    queue.push(line(task, "before")).await;
+    queue.push(line(Uuid::new_v4(), "orphan")).await;
+    queue.push(line(task, "after")).await;
+    let rows = eventually(Duration::from_secs(10), "valid lines stored", || async {
+        let rows = outputs(&env, task).await;
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows[0].1, "before");
+    assert_eq!(rows[1].1, "after");
+    let lost = a
+        .state()
+        .metrics
+        .output_lines_lost
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(lost, 1);
+    assert_eq!(queue.depth(), 0);
+}
