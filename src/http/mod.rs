@@ -7,6 +7,7 @@ pub mod daemons;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod page;
 pub mod task_calls;
 pub mod tasks;
 pub mod tool;
@@ -47,6 +48,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()
+        .at("/", get(page::index))
         .at("/healthz", get(health::healthz))
         .at("/readyz", get(health::readyz))
         .at("/metrics", get(health::metrics))

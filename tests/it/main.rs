@@ -11,5 +11,6 @@ mod git_results;
 mod harness;
 mod lifecycle;
 mod messages;
+mod page;
 mod routing;
 mod tap;
