@@ -86,6 +86,30 @@ pg_server_installed() {
     have pg_ctlcluster && compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null
 }
 
+# --- kubectl (for tests/manifests.rs) ---------------------------------------
+# The manifest test renders k8s/ with `kubectl kustomize`, which needs no
+# cluster. Any kubectl that runs will do (MESHGATE_KUBECTL names another one);
+# when there is none, Debian's kubernetes-client is installed. This block
+# stands before the fast path below because that one exits early.
+kubectl_ok() { timeout 20 "${MESHGATE_KUBECTL:-kubectl}" version --client >/dev/null 2>&1; }
+if [[ -n ${MESHGATE_KUBECTL:-} ]]; then
+    kubectl_ok || die "MESHGATE_KUBECTL=$MESHGATE_KUBECTL does not run (\`version --client\`)"
+elif ! kubectl_ok; then
+    have apt-get || die "kubectl missing, and no apt-get to install kubernetes-client"
+    apt_log=$(mktemp -t meshgate-apt.XXXXXX)
+    log "installing kubernetes-client for kubectl (apt-get, log: $apt_log)"
+    if ! priv env DEBIAN_FRONTEND=noninteractive apt-get update -q >"$apt_log" 2>&1 ||
+        ! priv env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends kubernetes-client >>"$apt_log" 2>&1; then
+        tail -n 20 "$apt_log" >&2
+        die "apt-get install kubernetes-client failed (full log: $apt_log)"
+    fi
+    rm -f "$apt_log"
+    hash -r
+    kubectl_ok || die "kubectl still does not run after installing kubernetes-client"
+fi
+# --- end of kubectl -----------------------------------------------------------
+
 # --- fast path -------------------------------------------------------------
 if have psql && have redis-cli && have redis-server && pg_ok && redis_ok; then
     log "postgres 127.0.0.1:$PG_PORT and redis 127.0.0.1:$REDIS_PORT are up"
