@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod page;
+pub mod resources;
 pub mod task_calls;
 pub mod tasks;
 pub mod tool;
@@ -38,6 +39,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
             daemons::DaemonsApi,
             events::EventsApi,
             tasks::TasksApi,
+            resources::ResourcesApi,
             task_calls::TaskCallsApi,
             tool::ToolApi,
         ),

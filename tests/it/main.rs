@@ -12,5 +12,6 @@ mod harness;
 mod lifecycle;
 mod messages;
 mod page;
+mod resources;
 mod routing;
 mod tap;
