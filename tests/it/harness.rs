@@ -63,6 +63,11 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> Self {
+        // Logs of the pods in this process, shown for failing tests.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let admin = PgPoolOptions::new()
             .max_connections(2)
             .connect(&admin_db_url())

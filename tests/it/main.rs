@@ -11,6 +11,7 @@ mod git_results;
 mod harness;
 mod lifecycle;
 mod messages;
+mod outages;
 mod page;
 mod resources;
 mod routing;
