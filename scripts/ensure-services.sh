@@ -110,6 +110,21 @@ elif ! kubectl_ok; then
 fi
 # --- end of kubectl -----------------------------------------------------------
 
+# --- haproxy (the load balancer of tests/it/balancer.rs) ----------------------
+if ! have haproxy && ! [[ -x /usr/sbin/haproxy ]]; then
+    have apt-get || die "haproxy missing, and no apt-get to install it"
+    apt_log=$(mktemp -t meshgate-apt.XXXXXX)
+    log "installing haproxy (apt-get, log: $apt_log)"
+    if ! priv env DEBIAN_FRONTEND=noninteractive apt-get update -q >"$apt_log" 2>&1 ||
+        ! priv env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends haproxy >>"$apt_log" 2>&1; then
+        tail -n 20 "$apt_log" >&2
+        die "apt-get install haproxy failed (full log: $apt_log)"
+    fi
+    rm -f "$apt_log"
+fi
+# --- end of haproxy -------------------------------------------------------------
+
 # --- fast path -------------------------------------------------------------
 if have psql && have redis-cli && have redis-server && pg_ok && redis_ok; then
     log "postgres 127.0.0.1:$PG_PORT and redis 127.0.0.1:$REDIS_PORT are up"

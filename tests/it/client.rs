@@ -87,6 +87,22 @@ impl Daemon {
         self.send_text(v.to_string()).await;
     }
 
+    /// Sends, reporting a closed socket instead of panicking.
+    pub async fn ws_send(&mut self, v: Value) -> Result<(), ()> {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// Whether the socket has been closed (by either side).
+    pub fn is_closed(&self) -> bool {
+        matches!(
+            self.ws.get_ref(),
+            MaybeTlsStream::Plain(s) if s.peer_addr().is_err()
+        )
+    }
+
     pub async fn send_text(&mut self, text: String) {
         self.ws
             .send(Message::Text(text.into()))

@@ -2,6 +2,7 @@
 //! real WebSocket clients. See `harness` for isolation.
 
 mod api;
+mod balancer;
 mod client;
 mod connect;
 mod crash;
