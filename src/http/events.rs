@@ -173,19 +173,29 @@ async fn client_principal(
     }
 }
 
-/// The event WebSocket.
-#[handler]
-pub async fn events_ws(req: &Request, ws: WebSocket, Data(state): Data<&AppState>) -> Response {
+/// A new client: refused while the pod drains, else its query parameters
+/// and who it is.
+async fn admit(
+    req: &Request,
+    state: &AppState,
+) -> Result<(Vec<(String, String)>, Principal), Response> {
     if state.lifecycle.is_draining() {
-        return refuse(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "DRAINING",
             "this replica is shutting down; connect again",
-        );
+        ));
     }
     let params = query_params(req);
-    let principal = match client_principal(req, state, &params).await {
-        Ok(p) => p,
+    let principal = client_principal(req, state, &params).await?;
+    Ok((params, principal))
+}
+
+/// The event WebSocket.
+#[handler]
+pub async fn events_ws(req: &Request, ws: WebSocket, Data(state): Data<&AppState>) -> Response {
+    let (_, principal) = match admit(req, state).await {
+        Ok(admitted) => admitted,
         Err(resp) => return resp,
     };
     let config = WebSocketConfig::default()
@@ -205,16 +215,8 @@ pub async fn events_ws(req: &Request, ws: WebSocket, Data(state): Data<&AppState
 /// Server-Sent Events: `?topic=` (repeatable) chooses what to follow.
 #[handler]
 pub async fn events_sse(req: &Request, Data(state): Data<&AppState>) -> Response {
-    if state.lifecycle.is_draining() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "DRAINING",
-            "this replica is shutting down; connect again",
-        );
-    }
-    let params = query_params(req);
-    let principal = match client_principal(req, state, &params).await {
-        Ok(p) => p,
+    let (params, principal) = match admit(req, state).await {
+        Ok(admitted) => admitted,
         Err(resp) => return resp,
     };
     let (mut client, rx) = Client::new(state, &principal);
