@@ -247,6 +247,16 @@ pub struct Config {
     )]
     pub self_ping_ms: u64,
 
+    /// How often a daemon socket is pinged; one silent for three intervals
+    /// is closed (its machine is gone) so its tasks can be retried.
+    #[arg(
+        long = "daemon-ping-ms",
+        alias = "meshgate-daemon-ping-ms",
+        env = "MESHGATE_DAEMON_PING_MS",
+        default_value_t = 20_000
+    )]
+    pub daemon_ping_ms: u64,
+
     /// Timeout of a single Redis command.
     #[arg(
         long = "redis-timeout-ms",
@@ -380,6 +390,10 @@ impl Config {
 
     pub fn dispatch_sweep(&self) -> Duration {
         Duration::from_millis(self.dispatch_sweep_ms.max(1))
+    }
+
+    pub fn daemon_ping(&self) -> Duration {
+        Duration::from_millis(self.daemon_ping_ms.max(10))
     }
 
     pub fn self_ping(&self) -> Duration {

@@ -35,7 +35,13 @@ pub async fn serve(ws: WebSocketStream, state: AppState, principal: Principal) {
     let (tx, mut rx) = mpsc::channel::<String>(state.config.daemon_queue);
     let close = CancellationToken::new();
     let life = state.lifecycle.clone();
+    let ping_every = state.config.daemon_ping();
     let mut session = Session::new(state, principal, tx, close.clone());
+    // A daemon whose machine vanished leaves a half-open socket behind; it
+    // would hold its lease (and its tasks) forever. Ping it, and give up on
+    // it after three intervals without any frame.
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_seen = tokio::time::Instant::now();
 
     let end = loop {
         tokio::select! {
@@ -47,12 +53,22 @@ pub async fn serve(ws: WebSocketStream, state: AppState, principal: Principal) {
             _ = close.cancelled() => break if life.is_draining() { End::Drain } else { End::Replaced },
             // Sockets that never registered just go when the pod drains.
             _ = life.drain.cancelled(), if session.registered.is_none() => break End::Drain,
+            _ = ping.tick() => {
+                if last_seen.elapsed() > ping_every * 3 {
+                    tracing::warn!(daemon_id = ?session.registered.as_ref().map(|r| r.daemon_id), "daemon silent for three ping intervals; closing");
+                    break End::Gone;
+                }
+                if sink.send(Message::Ping(Vec::new())).await.is_err() {
+                    break End::Gone;
+                }
+            }
             Some(first) = rx.recv() => {
                 if write_commands(&mut sink, first, &mut rx).await.is_err() {
                     break End::Gone;
                 }
             }
             frame = stream.next() => {
+                last_seen = tokio::time::Instant::now();
                 let step = match frame {
                     Some(Ok(Message::Text(text))) => session.on_text(&text).await,
                     Some(Ok(Message::Binary(_))) => {

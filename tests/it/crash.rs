@@ -197,3 +197,30 @@ async fn sigkilled_meshgate_process_has_its_daemons_tasks_retried_by_the_others(
         pod.shutdown().await;
     }
 }
+
+/// A daemon whose machine vanished (socket half-open: it neither sends nor
+/// answers pings) is closed after three ping intervals, so its lease ends
+/// and its tasks are retried instead of being held forever.
+#[tokio::test]
+async fn a_silent_daemon_is_closed_and_its_task_released() {
+    let env = TestEnv::new().await;
+    let a = env.pod_with(&["--daemon-ping-ms=200"]).await;
+    let owner = env.owner().await;
+    let d = Daemon::connect(a.addr(), &owner.key, "m1").await;
+    let task = env.task(owner.owner_id, "running", Some(d.id())).await;
+    // `d` is never read again: pings go unanswered.
+    eventually(
+        Duration::from_secs(5),
+        "silent daemon unregistered",
+        || async {
+            let entry = meshgate::cluster::registry::get(&a.state().redis, owner.owner_id, d.id())
+                .await
+                .unwrap();
+            entry.is_none().then_some(())
+        },
+    )
+    .await;
+    wait_released(&env, task).await;
+    assert_eq!(env.task_row(task).await.retry_count, 1);
+    drop(d);
+}
