@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/ensure-services.sh
+# The page tests (tests/it/page.rs) drive Debian's chromium.
+bash scripts/ensure-browser.sh
 
 export MESHGATE_TEST_DATABASE_URL=${MESHGATE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:${MESHGATE_PG_PORT:-5432}/postgres}
 export MESHGATE_TEST_REDIS_URL=${MESHGATE_TEST_REDIS_URL:-redis://127.0.0.1:${MESHGATE_REDIS_PORT:-6379}}

@@ -59,7 +59,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/api/v1/mesh/events/sse", get(events::events_sse))
         .at("/api/v1/openapi.json", spec)
         .nest("/docs", docs)
-        .nest("/", api)
+        .nest_no_strip("/api/v1/mesh", api)
         .catch_all_error(json_errors)
         .data(state)
         .with(Tracing)
