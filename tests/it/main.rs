@@ -1,6 +1,7 @@
 //! Integration tests: real Redis, real PostgreSQL, several meshgate pods and
 //! real WebSocket clients. See `harness` for isolation.
 
+mod admin;
 mod api;
 mod balancer;
 mod client;
