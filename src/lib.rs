@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bench;
 pub mod clients;
 pub mod cluster;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod ingest;
 pub mod key_usage;
 pub mod metrics;
 pub mod protocol;
+pub mod sim;
 pub mod state;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -187,6 +189,14 @@ impl Pod {
         while !self.state.conns.is_empty() && tokio::time::Instant::now() < deadline {
             self.state.conns.close_some(per_batch);
             tokio::time::sleep(pause.max(Duration::from_millis(10))).await;
+        }
+        // Their cleanups (unregister, disconnect time) need Redis and the
+        // database: wait for them before anything is closed.
+        let sockets = &self.state.lifecycle.sockets;
+        while sockets.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         life.stop_server.cancel();
         let _ = self.server.await;

@@ -28,6 +28,10 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Simulated daemons: connect, heartbeat, run tasks, answer commands.
+    Sim(Box<meshgate::sim::SimArgs>),
+    /// Runs a load scenario on loopback and prints one JSON line.
+    Bench(Box<meshgate::bench::BenchArgs>),
 }
 
 #[derive(Args)]
@@ -78,6 +82,8 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
         }
         Command::Admin { db: args, command } => admin(&pool(&args).await?, command).await?,
+        Command::Sim(args) => meshgate::sim::cli(*args).await?,
+        Command::Bench(args) => meshgate::bench::cli(*args).await?,
     }
     Ok(())
 }

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub events_delivered: AtomicU64,
     pub clients_dropped_slow: AtomicU64,
     pub pending_answered: AtomicU64,
+    pub pubsub_reconnects: AtomicU64,
     pub pending_timeouts: AtomicU64,
     pub pending_offline: AtomicU64,
     /// Commands by (type, outcome).
@@ -53,7 +54,7 @@ impl Metrics {
     /// Prometheus text exposition; `gauges` are (name, help, value).
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "meshgate_commands_sent_total",
                 "Commands published to a pod holding the daemon",
@@ -133,6 +134,11 @@ impl Metrics {
                 "meshgate_clients_dropped_slow_total",
                 "Web clients disconnected because their queue overflowed",
                 &self.clients_dropped_slow,
+            ),
+            (
+                "meshgate_pubsub_reconnects_total",
+                "Times the command subscriber reconnected (messages published meanwhile are lost)",
+                &self.pubsub_reconnects,
             ),
             (
                 "meshgate_pending_answered_total",

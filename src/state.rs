@@ -62,6 +62,9 @@ pub struct Lifecycle {
     /// Fired once sockets are drained: the HTTP server stops accepting and
     /// finishes in-flight calls.
     pub stop_server: CancellationToken,
+    /// Daemon socket tasks still running (including their cleanup), so a
+    /// drain waits for cleanups before closing the pools.
+    pub sockets: Arc<std::sync::atomic::AtomicUsize>,
     draining: Arc<AtomicBool>,
 }
 

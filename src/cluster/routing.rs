@@ -86,12 +86,20 @@ pub async fn listen(
     stop: CancellationToken,
 ) -> Result<JoinHandle<()>> {
     let mut rx = redis.subscriber.message_rx();
+    let mut reconnects = redis.subscriber.reconnect_rx();
     let manager = redis.subscriber.manage_subscriptions();
     redis.subscriber.subscribe(pod_channel.as_str()).await?;
     Ok(tokio::spawn(async move {
         loop {
             let msg = tokio::select! {
                 _ = stop.cancelled() => break,
+                Ok(_) = reconnects.recv() => {
+                    // Whatever was published to this pod while its
+                    // subscriber was gone is lost; Redis cannot say how much.
+                    Metrics::inc(&metrics.pubsub_reconnects);
+                    tracing::error!("command subscriber reconnected; commands published meanwhile were lost");
+                    continue;
+                }
                 msg = rx.recv() => msg,
             };
             match msg {

@@ -17,6 +17,22 @@ pub const CLOSE_REPLACED: u16 = 4000;
 /// Commands written before one flush, so a burst costs one syscall.
 const WRITE_BATCH: usize = 64;
 
+/// Counts a running socket task until it is dropped (after its cleanup).
+struct Alive(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Alive {
+    fn new(counter: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Why the loop ended.
 enum End {
     /// The daemon closed, or the socket failed.
@@ -31,6 +47,7 @@ enum End {
 
 /// Serves one authenticated daemon socket until it ends.
 pub async fn serve(ws: WebSocketStream, state: AppState, principal: Principal) {
+    let _alive = Alive::new(&state.lifecycle.sockets);
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<String>(state.config.daemon_queue);
     let close = CancellationToken::new();

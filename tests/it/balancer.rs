@@ -257,7 +257,7 @@ async fn pods_are_killed_drained_and_added_behind_a_balancer_without_losing_daem
     drop(probe);
 
     // Commands flow through the balancer to every daemon.
-    for (task, _) in &tasks {
+    for task in tasks.keys() {
         let (status, body) = api
             .post(
                 &format!("/api/v1/mesh/tasks/{task}/message"),

@@ -282,6 +282,8 @@ async fn a_pod_whose_subscriptions_are_killed_and_cannot_come_back_is_unready_un
         }
     }
     assert!(ok, "commands flow again without a restart");
+    let reconnects = a.state().metrics.pubsub_reconnects.load(Ordering::Relaxed);
+    assert!(reconnects >= 1, "the lost subscription is counted");
     a.shutdown().await;
     redis.stop().await;
 }
