@@ -87,7 +87,9 @@ pub async fn serve(ws: WebSocketStream, state: AppState, principal: Principal) {
             frame = stream.next() => {
                 last_seen = tokio::time::Instant::now();
                 let step = match frame {
-                    Some(Ok(Message::Text(text))) => session.on_text(&text).await,
+                    // Boxed: the largest handler's state would otherwise sit inline in
+                    // every idle socket's task (bench/RESULTS.md, idle).
+                    Some(Ok(Message::Text(text))) => Box::pin(session.on_text(&text)).await,
                     Some(Ok(Message::Binary(_))) => {
                         Step::Reply(error("PARSE_ERROR", "frames must be text holding one JSON object"))
                     }
