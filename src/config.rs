@@ -172,6 +172,16 @@ pub struct Config {
     )]
     pub output_queue: usize,
 
+    /// Output writers per pod (each stores its share of the tasks' lines
+    /// in batches; one PostgreSQL round trip at a time each).
+    #[arg(
+        long = "output-writers",
+        alias = "meshgate-output-writers",
+        env = "MESHGATE_OUTPUT_WRITERS",
+        default_value_t = 2
+    )]
+    pub output_writers: usize,
+
     /// How long a tool key lives unless revoked first.
     #[arg(
         long = "tool-key-ttl-ms",

@@ -1,7 +1,8 @@
 //! Task output ingestion: parsed lines are persisted in batches (one
 //! multi-row INSERT) and then published to the task's event channel in one
-//! pipelined round trip, by one task per pod, in arrival order — so order is
-//! kept per task and nothing is spawned per line.
+//! pipelined round trip, by a fixed set of writers per pod (a task's lines
+//! always go to the same writer, in arrival order) — so order is kept per
+//! task and nothing is spawned per line.
 //!
 //! The queue is bounded. When it is full, [`OutputQueue::push`] waits, which
 //! stops the daemon socket that pushed from reading: backpressure reaches the
@@ -48,34 +49,57 @@ const BATCH: usize = 1_000;
 /// Handle to the pod's output queue.
 #[derive(Clone)]
 pub struct OutputQueue {
-    tx: mpsc::Sender<NewOutput>,
+    /// One queue per writer; a task's lines always go to the same one, so
+    /// its order is kept while writers store different tasks in parallel.
+    txs: Arc<[mpsc::Sender<NewOutput>]>,
     depth: Arc<AtomicU64>,
 }
 
 impl OutputQueue {
-    /// Starts the writer. On `stop` it stores what is queued, then exits.
+    /// Starts `writers` writers sharing `capacity`. On `stop` each stores
+    /// what is queued, then exits; the handle ends when all have.
     pub fn start(
         pool: PgPool,
         redis: Arc<Redis>,
         metrics: Arc<Metrics>,
         capacity: usize,
+        writers: usize,
         stop: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(capacity);
+        let writers = writers.max(1);
         let depth = Arc::new(AtomicU64::new(0));
-        let writer = Writer {
-            pool,
-            redis,
-            metrics,
-            depth: depth.clone(),
-        };
-        (Self { tx, depth }, tokio::spawn(writer.run(rx, stop)))
+        let mut txs = Vec::with_capacity(writers);
+        let mut tasks = Vec::with_capacity(writers);
+        for _ in 0..writers {
+            let (tx, rx) = mpsc::channel((capacity / writers).max(1));
+            let writer = Writer {
+                pool: pool.clone(),
+                redis: redis.clone(),
+                metrics: metrics.clone(),
+                depth: depth.clone(),
+            };
+            txs.push(tx);
+            tasks.push(tokio::spawn(writer.run(rx, stop.clone())));
+        }
+        let all = tokio::spawn(async move {
+            for task in tasks {
+                let _ = task.await;
+            }
+        });
+        (
+            Self {
+                txs: txs.into(),
+                depth,
+            },
+            all,
+        )
     }
 
-    /// Queues a line; waits while the queue is full (backpressure).
+    /// Queues a line; waits while its writer's queue is full (backpressure).
     pub async fn push(&self, line: NewOutput) {
         self.depth.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(line).await.is_err() {
+        let writer = (line.task_id.as_u128() % self.txs.len() as u128) as usize;
+        if self.txs[writer].send(line).await.is_err() {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("output queue closed; line not stored");
         }

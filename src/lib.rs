@@ -75,6 +75,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         redis.clone(),
         metrics.clone(),
         config.output_queue,
+        config.output_writers,
         stop_background.clone(),
     );
     let (dispatcher, dispatch_rx) = Dispatcher::new();
