@@ -87,6 +87,11 @@ pub async fn run(state: AppState, mut rx: mpsc::Receiver<Uuid>, stop: Cancellati
 
 /// One dispatch round for an owner. Returns how many tasks were sent.
 pub async fn dispatch_owner(state: &AppState, owner_id: Uuid, wait: bool) -> Result<usize> {
+    // Most kicks (a daemon connecting, a task finishing) find nothing to
+    // do: check that cheaply before listing every daemon of the owner.
+    if !db::dispatch::has_pending(&state.db, owner_id).await? {
+        return Ok(0);
+    }
     let daemons = registry::list_owner(&state.redis, owner_id).await?;
     if daemons.is_empty() {
         return Ok(0);

@@ -134,6 +134,16 @@ pub async fn latest_patch(
     .await?)
 }
 
+/// Whether the owner has any pending task (an index-only check).
+pub async fn has_pending(pool: &PgPool, owner_id: Uuid) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM tasks WHERE owner_id = $1 AND status = 'pending')",
+    )
+    .bind(owner_id)
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Owners with pending tasks (for the periodic sweep).
 pub async fn owners_with_pending(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>> {
     Ok(
