@@ -19,14 +19,12 @@ use std::{
 };
 
 use fred::prelude::*;
-use serde::Serialize;
 use sqlx::PgPool;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::{
-    cluster::Redis,
+    cluster::{events, Redis},
     db::outputs::{self, NewOutput},
     metrics::Metrics,
     protocol::client::ClientEvent,
@@ -119,13 +117,6 @@ struct Writer {
 }
 
 /// The published form: the event plus its owner, like every event.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope<'a> {
-    owner_id: Uuid,
-    event: &'a ClientEvent,
-}
-
 impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<NewOutput>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(BATCH);
@@ -245,12 +236,8 @@ impl Writer {
                 task_id: line.task_id,
                 event: line.event.clone(),
             };
-            let payload = match serde_json::to_string(&Envelope {
-                owner_id: line.owner_id,
-                event: &event,
-            }) {
-                Ok(p) => p,
-                Err(_) => continue,
+            let Some(payload) = events::payload(line.owner_id, &event) else {
+                continue;
             };
             let channel = self.redis.keys.task_events(line.task_id);
             let _: Result<(), _> = pipeline.publish(channel, payload).await;

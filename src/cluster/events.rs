@@ -28,17 +28,19 @@ struct Envelope<'a> {
     event: &'a ClientEvent,
 }
 
+/// The published form of an event: `{ownerId, event}` (every event channel
+/// carries this, so the receiving pod can check ownership). `None` (logged)
+/// if it cannot be serialised.
+pub fn payload(owner_id: Uuid, event: &ClientEvent) -> Option<String> {
+    serde_json::to_string(&Envelope { owner_id, event })
+        .inspect_err(|e| tracing::error!(error = %e, "event could not be serialised"))
+        .ok()
+}
+
 /// Publishes one event, logging (not returning) failures.
 pub async fn publish_can_fail(redis: &Redis, audience: Audience, event: &ClientEvent) {
-    let payload = match serde_json::to_string(&Envelope {
-        owner_id: audience.owner_id,
-        event,
-    }) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "event could not be serialised");
-            return;
-        }
+    let Some(payload) = payload(audience.owner_id, event) else {
+        return;
     };
     let mut channels = Vec::with_capacity(2);
     if audience.to_owner {
