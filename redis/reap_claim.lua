@@ -1,8 +1,10 @@
--- Claim daemons whose grace period is over and who have no live entry, so
--- exactly one pod cleans up after each. A claim is a lease too: the score is
--- pushed ARGV[2] ms ahead, so if the claiming pod dies another pod retries.
--- KEYS[1] reap schedule  ARGV[1] daemon hash key prefix  ARGV[2] claim ms
--- ARGV[3] batch size
+-- Claim daemons of one bucket whose grace period is over and who have no
+-- live entry, so exactly one pod cleans up after each. A claim is a lease
+-- too: the score is pushed ARGV[2] ms ahead, so if the claiming pod dies
+-- another pod retries.
+-- KEYS[1] reap schedule of the bucket  ARGV[1] daemon hash prefix of the
+-- same bucket (its hash tag keeps every key built here in KEYS[1]'s slot)
+-- ARGV[2] claim ms  ARGV[3] batch size
 -- Returns a flat list: id, claim score, id, claim score, ...
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)

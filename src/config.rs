@@ -80,6 +80,29 @@ pub struct Config {
     )]
     pub redis_prefix: String,
 
+    /// How to talk to Redis: `auto` (from the URL scheme: `redis-cluster://`
+    /// is a cluster, `redis-sentinel://` Sentinel, else one server),
+    /// `standalone`, `sentinel`, or `cluster` (a plain `redis://` URL is then
+    /// taken as a seed node). A cluster uses sharded pub/sub.
+    #[arg(
+        long = "redis-mode",
+        alias = "meshgate-redis-mode",
+        env = "MESHGATE_REDIS_MODE",
+        value_enum,
+        default_value_t = RedisMode::Auto
+    )]
+    pub redis_mode: RedisMode,
+
+    /// Registry buckets: a daemon's keys and its command channel share the
+    /// hash slot of its bucket. Default 1 on one server, 16 on a cluster
+    /// (at least the number of primaries). Every pod must use the same value.
+    #[arg(
+        long = "redis-buckets",
+        alias = "meshgate-redis-buckets",
+        env = "MESHGATE_REDIS_BUCKETS"
+    )]
+    pub redis_buckets: Option<u16>,
+
     /// This replica's id; default: hostname plus a random suffix.
     #[arg(long = "pod-id", alias = "meshgate-pod-id", env = "MESHGATE_POD_ID")]
     pub pod_id: Option<String>,
@@ -336,8 +359,17 @@ impl Config {
                 "must be above 0",
             );
         }
-        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
-            return bad("MESHGATE_REDIS_PREFIX", "must be non-empty without spaces");
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.contains(char::is_whitespace)
+            || self.redis_prefix.contains(['{', '}'])
+        {
+            return bad(
+                "MESHGATE_REDIS_PREFIX",
+                "must be non-empty without spaces or braces (braces are hash tags)",
+            );
+        }
+        if self.redis_buckets == Some(0) || self.redis_buckets > Some(1024) {
+            return bad("MESHGATE_REDIS_BUCKETS", "must be between 1 and 1024");
         }
         if self.max_frame_bytes < 1024 {
             return bad("MESHGATE_MAX_FRAME_BYTES", "must be at least 1024");
@@ -356,6 +388,14 @@ impl Config {
         }
         if !self.redis_url.expose().starts_with("redis") {
             return bad("REDIS_URL", "must be a redis URL");
+        }
+        let (mode, url_mode) = (self.resolved_redis_mode(), self.redis_url_mode());
+        // A plain URL may name a cluster's seed node; nothing else may differ.
+        if mode != url_mode && !(mode == RedisMode::Cluster && url_mode == RedisMode::Standalone) {
+            return bad(
+                "MESHGATE_REDIS_MODE",
+                "does not match the REDIS_URL scheme (redis-cluster:// or redis-sentinel://)",
+            );
         }
         Ok(())
     }
@@ -412,6 +452,51 @@ impl Config {
 
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// The Redis deployment in use, with `auto` resolved from the URL.
+    pub fn resolved_redis_mode(&self) -> RedisMode {
+        match self.redis_mode {
+            RedisMode::Auto => self.redis_url_mode(),
+            mode => mode,
+        }
+    }
+
+    /// The deployment the URL scheme names.
+    fn redis_url_mode(&self) -> RedisMode {
+        let scheme = self.redis_url.expose().split("://").next().unwrap_or("");
+        if scheme.ends_with("-cluster") {
+            RedisMode::Cluster
+        } else if scheme.ends_with("-sentinel") {
+            RedisMode::Sentinel
+        } else {
+            RedisMode::Standalone
+        }
+    }
+
+    /// Registry buckets in use (see `redis_buckets`).
+    pub fn resolved_redis_buckets(&self) -> usize {
+        match (self.redis_buckets, self.resolved_redis_mode()) {
+            (Some(n), _) => usize::from(n),
+            (None, RedisMode::Cluster) => 16,
+            (None, _) => 1,
+        }
+    }
+}
+
+/// Which kind of Redis deployment meshgate talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisMode {
+    Auto,
+    Standalone,
+    Sentinel,
+    Cluster,
+}
+
+impl RedisMode {
+    /// Whether pub/sub is sharded (`SPUBLISH`/`SSUBSCRIBE`).
+    pub fn sharded(self) -> bool {
+        self == RedisMode::Cluster
     }
 }
 

@@ -240,7 +240,7 @@ impl Writer {
                 continue;
             };
             let channel = self.redis.keys.task_events(line.task_id);
-            let _: Result<(), _> = pipeline.publish(channel, payload).await;
+            let _ = self.redis.publish_in(&pipeline, channel, payload).await;
         }
         if let Err(e) = pipeline.all::<Vec<Value>>().await {
             Metrics::inc(&self.metrics.redis_errors);

@@ -79,11 +79,11 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         stop_background.clone(),
     );
     let (dispatcher, dispatch_rx) = Dispatcher::new();
-    let liveness = Arc::new(cluster::liveness::Liveness::default());
+    let liveness = Arc::new(cluster::liveness::Liveness::new(redis.keys.buckets()));
     let (hub, hub_task) = cluster::hub::Hub::start(
-        redis.events.clone(),
+        redis.clone(),
         metrics.clone(),
-        redis.keys.pod_events(&pod_id),
+        &pod_id,
         liveness.clone(),
         stop_background.clone(),
     );
@@ -108,9 +108,9 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         redis.clone(),
         state.conns.clone(),
         state.waiters.clone(),
-        liveness,
+        liveness.clone(),
         state.metrics.clone(),
-        redis.keys.pod_channel(&pod_id),
+        &pod_id,
         stop_background.clone(),
     )
     .await?;
@@ -126,8 +126,14 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
             dispatch_rx,
             stop_background.clone(),
         )),
+        cluster::pubsub::watch_topology(
+            redis.clone(),
+            state.metrics.clone(),
+            stop_background.clone(),
+        ),
         tokio::spawn(cluster::liveness::ping(
             redis.clone(),
+            liveness,
             state.metrics.clone(),
             pod_id.to_string(),
             state.config.self_ping(),

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub clients_dropped_slow: AtomicU64,
     pub pending_answered: AtomicU64,
     pub pubsub_reconnects: AtomicU64,
+    pub pubsub_resubscribes: AtomicU64,
     pub pending_timeouts: AtomicU64,
     pub pending_offline: AtomicU64,
     /// Commands by (type, outcome).
@@ -54,7 +55,7 @@ impl Metrics {
     /// Prometheus text exposition; `gauges` are (name, help, value).
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 20] = [
+        let counters: [(&str, &str, &AtomicU64); 21] = [
             (
                 "meshgate_commands_sent_total",
                 "Commands published to a pod holding the daemon",
@@ -139,6 +140,11 @@ impl Metrics {
                 "meshgate_pubsub_reconnects_total",
                 "Times the command subscriber reconnected (messages published meanwhile are lost)",
                 &self.pubsub_reconnects,
+            ),
+            (
+                "meshgate_pubsub_resubscribes_total",
+                "Times the pod subscribed again after a subscription stopped delivering (cluster failover, slot moved)",
+                &self.pubsub_resubscribes,
             ),
             (
                 "meshgate_pending_answered_total",

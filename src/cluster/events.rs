@@ -3,7 +3,6 @@
 //! Publishing is best-effort: a lost event is logged, never fatal, because
 //! the durable state is in PostgreSQL and clients can re-read it.
 
-use fred::prelude::*;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -50,11 +49,7 @@ pub async fn publish_can_fail(redis: &Redis, audience: Audience, event: &ClientE
         channels.push(redis.keys.task_events(task_id));
     }
     for channel in channels {
-        if let Err(e) = redis
-            .client
-            .publish::<i64, _, _>(&channel, payload.as_str())
-            .await
-        {
+        if let Err(e) = redis.publish(&channel, &payload).await {
             tracing::warn!(error = %e, %channel, owner_id = %audience.owner_id, "event not published");
         }
     }

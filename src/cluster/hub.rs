@@ -24,7 +24,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::liveness::{Channel, Liveness};
+use super::{
+    liveness::{Channel, Liveness},
+    Redis,
+};
 use crate::{metrics::Metrics, Result};
 
 /// One web client's receiving end, as the hub sees it.
@@ -46,6 +49,7 @@ struct Envelope<'a> {
 }
 
 pub struct Hub {
+    redis: Arc<Redis>,
     subscriber: SubscriberClient,
     clients: Mutex<HashMap<String, Vec<ClientSlot>>>,
     /// Serialises SUBSCRIBE/UNSUBSCRIBE so a channel's Redis subscription
@@ -53,28 +57,36 @@ pub struct Hub {
     changes: tokio::sync::Mutex<()>,
     janitor: mpsc::UnboundedSender<String>,
     metrics: Arc<Metrics>,
-    /// This pod's self-ping channel on the hub connection.
-    ping_channel: String,
+    /// This pod's self-ping channels on the hub connection, by bucket.
+    ping_channels: HashMap<String, usize>,
     liveness: Arc<Liveness>,
 }
 
 impl Hub {
     /// Starts the hub on its own subscriber connection.
     pub fn start(
-        subscriber: SubscriberClient,
+        redis: Arc<Redis>,
         metrics: Arc<Metrics>,
-        ping_channel: String,
+        pod_id: &str,
         liveness: Arc<Liveness>,
         stop: CancellationToken,
     ) -> (Arc<Self>, JoinHandle<()>) {
         let (janitor, janitor_rx) = mpsc::unbounded_channel();
+        let ping_channels = redis
+            .keys
+            .pod_event_channels(pod_id)
+            .into_iter()
+            .enumerate()
+            .map(|(b, c)| (c, b))
+            .collect();
         let hub = Arc::new(Self {
-            subscriber,
+            subscriber: redis.events.clone(),
+            redis,
             clients: Mutex::default(),
             changes: tokio::sync::Mutex::new(()),
             janitor,
             metrics,
-            ping_channel,
+            ping_channels,
             liveness,
         });
         let task = tokio::spawn(hub.clone().run(janitor_rx, stop));
@@ -90,7 +102,7 @@ impl Hub {
         let _serial = self.changes.lock().await;
         let first = !self.lock().contains_key(channel);
         if first {
-            self.subscriber.subscribe(channel).await?;
+            self.redis.subscribe(&self.subscriber, channel).await?;
         }
         self.lock()
             .entry(channel.to_owned())
@@ -128,18 +140,22 @@ impl Hub {
         stop: CancellationToken,
     ) {
         let mut rx = self.subscriber.message_rx();
-        let manager = self.subscriber.manage_subscriptions();
-        if let Err(e) = self.subscriber.subscribe(self.ping_channel.as_str()).await {
-            // Readiness stays red until a reconnect resubscribes it.
-            tracing::error!(error = %e, "event hub could not subscribe its ping channel");
+        let manager = self.redis.manage_subscriptions(&self.subscriber);
+        for channel in self.ping_channels.keys() {
+            if let Err(e) = self.redis.subscribe(&self.subscriber, channel).await {
+                // Readiness stays red until the self-ping resubscribes it.
+                tracing::error!(error = %e, "event hub could not subscribe its ping channel");
+            }
         }
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(channel) = janitor.recv() => self.unsubscribe_if_unused(&channel).await,
                 msg = rx.recv() => match msg {
-                    Ok(msg) if *msg.channel == *self.ping_channel => self.liveness.seen(Channel::Events),
-                    Ok(msg) => self.deliver(&msg.channel, &msg.value),
+                    Ok(msg) => match self.ping_channels.get(&*msg.channel) {
+                        Some(&bucket) => self.liveness.seen(Channel::Events, bucket),
+                        None => self.deliver(&msg.channel, &msg.value),
+                    },
                     Err(RecvError::Lagged(n)) => {
                         self.metrics.pubsub_messages_lost.fetch_add(n, Ordering::Relaxed);
                         tracing::error!(lost = n, "event hub fell behind Redis; events lost");
@@ -156,7 +172,7 @@ impl Hub {
         if self.lock().contains_key(channel) {
             return;
         }
-        if let Err(e) = self.subscriber.unsubscribe(channel).await {
+        if let Err(e) = self.redis.unsubscribe(&self.subscriber, channel).await {
             tracing::warn!(%channel, error = %e, "unsubscribe failed");
         }
     }

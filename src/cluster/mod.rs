@@ -6,12 +6,15 @@
 //! - [`events`]: events for web clients, published per owner and per task.
 //!
 //! Key layout (all under the configured prefix `P`) is documented in
-//! `redis/README.md`.
+//! `redis/README.md`; it is the same on one server and on Redis Cluster,
+//! where pub/sub is sharded (see [`pubsub`]).
 
 pub mod events;
 pub mod hub;
+pub mod keys;
 pub mod liveness;
 pub mod pending;
+pub mod pubsub;
 pub mod reaper;
 pub mod reauth;
 pub mod registry;
@@ -24,94 +27,15 @@ use std::time::Duration;
 use fred::{
     clients::SubscriberClient,
     prelude::*,
-    types::{config::UnresponsiveConfig, scripts::Script},
+    types::{
+        config::{ServerConfig, UnresponsiveConfig},
+        scripts::Script,
+    },
 };
 
-use crate::config::Config;
+pub use keys::Keys;
 
-/// Names of every key and channel, derived from the prefix.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-        }
-    }
-
-    /// Registry entry of one daemon (hash, leased).
-    pub fn daemon(&self, daemon_id: uuid::Uuid) -> String {
-        format!("{}{daemon_id}", self.daemon_prefix())
-    }
-
-    /// Prefix of [`Keys::daemon`], for scripts that build the key themselves.
-    pub fn daemon_prefix(&self) -> String {
-        format!("{}:daemon:", self.prefix)
-    }
-
-    /// Per-owner index of connected daemons (zset: id → lease deadline).
-    pub fn owner_daemons(&self, owner_id: uuid::Uuid) -> String {
-        format!("{}:owner:{owner_id}:daemons", self.prefix)
-    }
-
-    /// When each gone daemon's tasks are due for cleanup (zset: id → ms).
-    pub fn reap(&self) -> String {
-        format!("{}:reap", self.prefix)
-    }
-
-    /// Prefix of the per-pod command channels.
-    pub fn pod_channel_prefix(&self) -> String {
-        format!("{}:pod:", self.prefix)
-    }
-
-    /// The command channel of one pod.
-    pub fn pod_channel(&self, pod_id: &str) -> String {
-        format!("{}{pod_id}", self.pod_channel_prefix())
-    }
-
-    /// Pods waiting for a daemon's answer of `kind` about a task (set, TTL).
-    pub fn pending(&self, kind: &str, task_id: uuid::Uuid) -> String {
-        format!("{}:pending:{kind}:{task_id}", self.prefix)
-    }
-
-    /// Prefix of tool key entries (followed by the key's SHA-256).
-    pub fn tool_key_prefix(&self) -> String {
-        format!("{}:toolkey:", self.prefix)
-    }
-
-    /// Which key hash a task's tool key has.
-    pub fn tool_key_of_task(&self, task_id: uuid::Uuid) -> String {
-        format!("{}:toolkey-task:{task_id}", self.prefix)
-    }
-
-    /// Last reauth status of a daemon's request.
-    pub fn reauth(&self, daemon_id: uuid::Uuid, request_id: uuid::Uuid) -> String {
-        format!("{}:reauth:{daemon_id}:{request_id}", self.prefix)
-    }
-
-    /// A web client ticket (by hash).
-    pub fn ticket(&self, hash: &str) -> String {
-        format!("{}:ticket:{hash}", self.prefix)
-    }
-
-    /// This pod's own event-hub channel (self-pings only).
-    pub fn pod_events(&self, pod_id: &str) -> String {
-        format!("{}:podev:{pod_id}", self.prefix)
-    }
-
-    /// Events of one owner (task updates, files, daemon presence).
-    pub fn owner_events(&self, owner_id: uuid::Uuid) -> String {
-        format!("{}:ev:owner:{owner_id}", self.prefix)
-    }
-
-    /// Events of one task (output, updates, merge/PR results).
-    pub fn task_events(&self, task_id: uuid::Uuid) -> String {
-        format!("{}:ev:task:{task_id}", self.prefix)
-    }
-}
+use crate::config::{Config, RedisMode};
 
 /// The Lua scripts of `redis/`, loaded lazily (EVALSHA, reloaded on NOSCRIPT
 /// so a restarted Redis needs nothing from us).
@@ -121,13 +45,12 @@ pub struct Scripts {
     pub unregister: Script,
     pub touch: Script,
     pub route: Script,
-    pub list_owner: Script,
+    pub owner_touch: Script,
+    pub owner_list: Script,
     pub reap_claim: Script,
     pub reap_done: Script,
     pub pending_join: Script,
     pub pending_take: Script,
-    pub toolkey_set: Script,
-    pub toolkey_revoke: Script,
 }
 
 impl Scripts {
@@ -138,13 +61,12 @@ impl Scripts {
             unregister: Script::from_lua(include_str!("../../redis/unregister.lua")),
             touch: Script::from_lua(include_str!("../../redis/touch.lua")),
             route: Script::from_lua(include_str!("../../redis/route.lua")),
-            list_owner: Script::from_lua(include_str!("../../redis/list_owner.lua")),
+            owner_touch: Script::from_lua(include_str!("../../redis/owner_touch.lua")),
+            owner_list: Script::from_lua(include_str!("../../redis/owner_list.lua")),
             reap_claim: Script::from_lua(include_str!("../../redis/reap_claim.lua")),
             reap_done: Script::from_lua(include_str!("../../redis/reap_done.lua")),
             pending_join: Script::from_lua(include_str!("../../redis/pending_join.lua")),
             pending_take: Script::from_lua(include_str!("../../redis/pending_take.lua")),
-            toolkey_set: Script::from_lua(include_str!("../../redis/toolkey_set.lua")),
-            toolkey_revoke: Script::from_lua(include_str!("../../redis/toolkey_revoke.lua")),
         }
     }
 }
@@ -159,6 +81,8 @@ pub struct Redis {
     pub events: SubscriberClient,
     pub keys: Keys,
     pub scripts: Scripts,
+    /// Sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`): on Redis Cluster.
+    pub sharded: bool,
 }
 
 impl Redis {
@@ -166,7 +90,17 @@ impl Redis {
     /// timeouts and a pub/sub buffer sized by config (fred's defaults buffer
     /// 32 messages and give up reconnecting), and connects them.
     pub async fn connect(config: &Config) -> crate::Result<Self> {
-        let redis_config = fred::types::config::Config::from_url(config.redis_url.expose())?;
+        let mode = config.resolved_redis_mode();
+        let mut redis_config = fred::types::config::Config::from_url(config.redis_url.expose())?;
+        if mode == RedisMode::Cluster {
+            // `MESHGATE_REDIS_MODE=cluster` with a plain URL: a seed node.
+            if let ServerConfig::Centralized { server } = &redis_config.server {
+                redis_config.server = ServerConfig::Clustered {
+                    hosts: vec![server.clone()],
+                    policy: Default::default(),
+                };
+            }
+        }
         let mut builder = Builder::from_config(redis_config);
         builder
             .with_config(|c| {
@@ -203,8 +137,9 @@ impl Redis {
             client,
             subscriber,
             events,
-            keys: Keys::new(&config.redis_prefix),
+            keys: Keys::new(&config.redis_prefix, config.resolved_redis_buckets()),
             scripts: Scripts::new(),
+            sharded: mode.sharded(),
         })
     }
 

@@ -5,7 +5,7 @@
 //! (`redis/pending_join.lua`); the first waiter sends the command, later
 //! identical calls only wait, so one command answers them all. The pod that
 //! receives the answer takes the set (`redis/pending_take.lua`) and publishes
-//! the answer to each waiting pod's channel, where [`Waiters`] hands it to
+//! the answer to a command channel of each waiting pod, where [`Waiters`] hands it to
 //! every local caller. No entry outlives its TTL.
 
 use std::{
@@ -221,14 +221,25 @@ async fn join_and_send(
 /// A daemon answered: deliver `answer` to every pod waiting for it. Returns
 /// how many pods were waiting (0: nobody asked, or they gave up).
 pub async fn resolve(redis: &Redis, kind: Kind, task_id: Uuid, answer: &str) -> Result<i64> {
-    let message = format!("R|{}|{task_id}|{answer}", kind.as_str());
-    Ok(redis
+    let pods: Vec<String> = redis
         .scripts
         .pending_take
         .evalsha_with_reload(
             &redis.client,
             vec![redis.keys.pending(kind.as_str(), task_id)],
-            vec![redis.keys.pod_channel_prefix(), message],
+            Vec::<String>::new(),
         )
-        .await?)
+        .await?;
+    if pods.is_empty() {
+        return Ok(0);
+    }
+    let message = format!("R|{}|{task_id}|{answer}", kind.as_str());
+    // Every pod listens on each bucket's channel; any bucket reaches it.
+    let bucket = (task_id.as_u128() % redis.keys.buckets() as u128) as usize;
+    for pod in &pods {
+        redis
+            .publish(&redis.keys.pod_channel(bucket, pod), &message)
+            .await?;
+    }
+    Ok(pods.len() as i64)
 }

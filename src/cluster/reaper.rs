@@ -40,18 +40,38 @@ fn claim_ttl(state: &AppState) -> Duration {
     (state.config.reaper_interval() * 10).max(Duration::from_secs(5))
 }
 
-/// One round: claim due daemons and clean up after each. Returns how many
-/// were cleaned up.
+/// One round over every registry bucket: claim due daemons and clean up
+/// after each. Returns how many were cleaned up.
 pub async fn reap_once(state: &AppState) -> Result<usize> {
+    let mut done = 0;
+    let mut failed = None;
+    for bucket in 0..state.redis.keys.buckets() {
+        match reap_bucket(state, bucket).await {
+            Ok(n) => done += n,
+            // The other buckets (other primaries, on a cluster) still go.
+            Err(e) => failed = Some(e),
+        }
+    }
+    match failed {
+        Some(e) if done == 0 => Err(e),
+        Some(e) => {
+            tracing::warn!(error = %e, "reaper: a bucket failed this round; will retry");
+            Ok(done)
+        }
+        None => Ok(done),
+    }
+}
+
+async fn reap_bucket(state: &AppState, bucket: usize) -> Result<usize> {
     let redis = &state.redis;
     let claims: Vec<String> = redis
         .scripts
         .reap_claim
         .evalsha_with_reload(
             &redis.client,
-            vec![redis.keys.reap()],
+            vec![redis.keys.reap(bucket)],
             vec![
-                redis.keys.daemon_prefix(),
+                redis.keys.daemon_prefix(bucket),
                 claim_ttl(state).as_millis().to_string(),
                 BATCH.to_string(),
             ],
@@ -69,7 +89,7 @@ pub async fn reap_once(state: &AppState) -> Result<usize> {
                     .reap_done
                     .evalsha_with_reload(
                         &redis.client,
-                        vec![redis.keys.reap()],
+                        vec![redis.keys.reap(bucket)],
                         vec![pair[0].clone(), pair[1].clone()],
                     )
                     .await?;

@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use fred::prelude::*;
+use fred::{error::Error, prelude::*};
+use futures_util::future::join_all;
 use uuid::Uuid;
 
 use super::Redis;
@@ -119,61 +120,105 @@ pub enum RefreshOutcome {
 /// Makes `entry` the daemon's current connection. Returns the connection id
 /// it replaced, whose pod has been told to close it.
 pub async fn register(redis: &Redis, entry: &DaemonEntry, lease: Lease) -> Result<Option<Uuid>> {
-    let keys = vec![
-        redis.keys.daemon(entry.id),
-        redis.keys.owner_daemons(entry.owner_id),
-        redis.keys.reap(),
-    ];
+    let bucket = redis.keys.bucket_of(entry.id);
+    let keys = vec![redis.keys.daemon(entry.id), redis.keys.reap(bucket)];
     let mut args = vec![
         entry.id.to_string(),
         entry.pod.clone(),
         entry.conn.to_string(),
         lease.ttl_ms.to_string(),
         lease.grace_ms.to_string(),
-        redis.keys.pod_channel_prefix(),
+        redis.keys.pod_channel_prefix(bucket),
+        redis.publish_command().to_owned(),
     ];
     args.extend(entry.fields());
-    let replaced: Option<String> = redis
-        .scripts
-        .register
-        .evalsha_with_reload(&redis.client, keys, args)
-        .await?;
+    // The owner index lives in another slot; both go out together.
+    let ids = [entry.id];
+    let (replaced, ()) = tokio::try_join!(
+        redis
+            .scripts
+            .register
+            .evalsha_with_reload::<Option<String>, _, _>(&redis.client, keys, args),
+        index(redis, entry.owner_id, &ids, lease),
+    )?;
     Ok(replaced.and_then(|c| c.parse().ok()))
 }
 
+/// Adds or refreshes daemons in their owner's listing index.
+async fn index(redis: &Redis, owner_id: Uuid, daemons: &[Uuid], lease: Lease) -> Result<(), Error> {
+    let mut args = Vec::with_capacity(1 + daemons.len());
+    args.push(lease.ttl_ms.to_string());
+    args.extend(daemons.iter().map(Uuid::to_string));
+    let _: i64 = redis
+        .scripts
+        .owner_touch
+        .evalsha_with_reload(
+            &redis.client,
+            vec![redis.keys.owner_daemons(owner_id)],
+            args,
+        )
+        .await?;
+    Ok(())
+}
+
 /// Refreshes the leases of a pod's connections: `(daemon, owner, conn)`.
+/// One script call per registry bucket (its keys share a slot), then one
+/// index update per owner for the entries still ours; all concurrent.
 pub async fn refresh(
     redis: &Redis,
     batch: &[(Uuid, Uuid, Uuid)],
     lease: Lease,
 ) -> Result<Vec<RefreshOutcome>> {
-    if batch.is_empty() {
-        return Ok(Vec::new());
+    let mut by_bucket: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, (daemon, _, _)) in batch.iter().enumerate() {
+        by_bucket
+            .entry(redis.keys.bucket_of(*daemon))
+            .or_default()
+            .push(i);
     }
-    let mut keys = Vec::with_capacity(1 + 2 * batch.len());
-    let mut args = Vec::with_capacity(2 + 2 * batch.len());
-    keys.push(redis.keys.reap());
-    args.push(lease.ttl_ms.to_string());
-    args.push(lease.grace_ms.to_string());
-    for (daemon, owner, conn) in batch {
-        keys.push(redis.keys.daemon(*daemon));
-        keys.push(redis.keys.owner_daemons(*owner));
-        args.push(daemon.to_string());
-        args.push(conn.to_string());
+    let calls = by_bucket.into_iter().map(|(bucket, members)| async move {
+        let mut keys = Vec::with_capacity(1 + members.len());
+        let mut args = Vec::with_capacity(2 + 2 * members.len());
+        keys.push(redis.keys.reap(bucket));
+        args.push(lease.ttl_ms.to_string());
+        args.push(lease.grace_ms.to_string());
+        for &i in &members {
+            let (daemon, _, conn) = batch[i];
+            keys.push(redis.keys.daemon(daemon));
+            args.push(daemon.to_string());
+            args.push(conn.to_string());
+        }
+        let codes: Vec<i64> = redis
+            .scripts
+            .refresh
+            .evalsha_with_reload(&redis.client, keys, args)
+            .await?;
+        Ok::<_, Error>(members.into_iter().zip(codes).collect::<Vec<_>>())
+    });
+    let mut outcomes = vec![RefreshOutcome::Missing; batch.len()];
+    for result in join_all(calls).await {
+        for (i, code) in result? {
+            outcomes[i] = match code {
+                1 => RefreshOutcome::Refreshed,
+                0 => RefreshOutcome::Missing,
+                _ => RefreshOutcome::Replaced,
+            };
+        }
     }
-    let codes: Vec<i64> = redis
-        .scripts
-        .refresh
-        .evalsha_with_reload(&redis.client, keys, args)
-        .await?;
-    Ok(codes
-        .into_iter()
-        .map(|c| match c {
-            1 => RefreshOutcome::Refreshed,
-            0 => RefreshOutcome::Missing,
-            _ => RefreshOutcome::Replaced,
-        })
-        .collect())
+    let mut by_owner: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for ((daemon, owner, _), outcome) in batch.iter().zip(&outcomes) {
+        if *outcome == RefreshOutcome::Refreshed {
+            by_owner.entry(*owner).or_default().push(*daemon);
+        }
+    }
+    let indexed = join_all(
+        by_owner
+            .iter()
+            .map(|(owner, daemons)| index(redis, *owner, daemons, lease)),
+    )
+    .await;
+    indexed.into_iter().collect::<Result<(), Error>>()?;
+    Ok(outcomes)
 }
 
 /// Removes the entry if `conn` is still current and schedules the reaper.
@@ -187,8 +232,7 @@ pub async fn unregister(
 ) -> Result<bool> {
     let keys = vec![
         redis.keys.daemon(daemon_id),
-        redis.keys.owner_daemons(owner_id),
-        redis.keys.reap(),
+        redis.keys.reap(redis.keys.bucket_of(daemon_id)),
     ];
     let args = vec![
         daemon_id.to_string(),
@@ -200,6 +244,14 @@ pub async fn unregister(
         .unregister
         .evalsha_with_reload(&redis.client, keys, args)
         .await?;
+    if current == 1 {
+        // Only a listing hint: a failure here leaves a member whose entry is
+        // gone, which listing skips and the index's own deadline prunes.
+        let _: i64 = redis
+            .client
+            .zrem(redis.keys.owner_daemons(owner_id), daemon_id.to_string())
+            .await?;
+    }
     Ok(current == 1)
 }
 
@@ -224,27 +276,29 @@ pub async fn touch(
     Ok(n == 1)
 }
 
-/// The connected daemons of one owner, oldest connection first.
+/// The connected daemons of one owner, oldest connection first. The index
+/// names candidates; each daemon's own entry decides (it may be gone, or
+/// have moved to another owner's index after a stale write).
 pub async fn list_owner(redis: &Redis, owner_id: Uuid) -> Result<Vec<DaemonEntry>> {
-    let raw: Vec<Value> = redis
+    let ids: Vec<String> = redis
         .scripts
-        .list_owner
+        .owner_list
         .evalsha_with_reload(
             &redis.client,
             vec![redis.keys.owner_daemons(owner_id)],
-            vec![redis.keys.daemon_prefix()],
+            Vec::<String>::new(),
         )
         .await?;
-    let mut out = Vec::with_capacity(raw.len() / 2);
-    for pair in raw.chunks_exact(2) {
-        let Some(id) = pair[0].as_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let fields = flat_to_map(pair[1].clone());
-        if let Some(entry) = DaemonEntry::from_fields(id, &fields) {
-            if entry.owner_id == owner_id {
-                out.push(entry);
-            }
+    let ids: Vec<Uuid> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+    let entries = join_all(ids.iter().map(|&id| async move {
+        let fields: HashMap<String, String> = redis.client.hgetall(redis.keys.daemon(id)).await?;
+        Ok::<_, Error>(DaemonEntry::from_fields(id, &fields))
+    }))
+    .await;
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if let Some(entry) = entry?.filter(|e| e.owner_id == owner_id) {
+            out.push(entry);
         }
     }
     out.sort_by_key(|e| e.connected_at);
@@ -257,15 +311,4 @@ pub async fn get(redis: &Redis, owner_id: Uuid, daemon_id: Uuid) -> Result<Optio
     let fields: HashMap<String, String> =
         redis.client.hgetall(redis.keys.daemon(daemon_id)).await?;
     Ok(DaemonEntry::from_fields(daemon_id, &fields).filter(|e| e.owner_id == owner_id))
-}
-
-fn flat_to_map(value: Value) -> HashMap<String, String> {
-    let items = match value {
-        Value::Array(items) => items,
-        _ => return HashMap::new(),
-    };
-    items
-        .chunks_exact(2)
-        .filter_map(|kv| Some((kv[0].as_string()?, kv[1].as_string()?)))
-        .collect()
 }

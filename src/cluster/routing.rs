@@ -7,7 +7,10 @@
 //! The holding pod's [`listen`] loop hands the command to the socket if the
 //! connection id still matches.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::{
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc},
+};
 
 use fred::{prelude::*, types::Value};
 use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
@@ -51,6 +54,7 @@ pub async fn send_command(
 
 async fn route(redis: &Redis, metrics: &Metrics, daemon_id: Uuid, payload: String) -> Result<()> {
     redis.ensure_connected()?;
+    let bucket = redis.keys.bucket_of(daemon_id);
     let receivers: i64 = redis
         .scripts
         .route
@@ -58,7 +62,8 @@ async fn route(redis: &Redis, metrics: &Metrics, daemon_id: Uuid, payload: Strin
             &redis.client,
             vec![redis.keys.daemon(daemon_id)],
             vec![
-                redis.keys.pod_channel_prefix(),
+                redis.keys.pod_channel_prefix(bucket),
+                redis.publish_command().to_owned(),
                 daemon_id.to_string(),
                 payload,
             ],
@@ -73,22 +78,32 @@ async fn route(redis: &Redis, metrics: &Metrics, daemon_id: Uuid, payload: Strin
     Ok(())
 }
 
-/// Subscribes to this pod's channel and dispatches what arrives to local
-/// sockets until `stop` is cancelled. fred resubscribes after a reconnect
-/// (`manage_subscriptions`); messages lost while lagging are counted.
+/// Subscribes to this pod's command channels (one per registry bucket) and
+/// dispatches what arrives to local sockets until `stop` is cancelled.
+/// Subscriptions are renewed after a reconnect (see [`super::pubsub`]);
+/// messages lost while lagging are counted.
 pub async fn listen(
     redis: Arc<Redis>,
     conns: Arc<Connections>,
     waiters: Arc<pending::Waiters>,
     liveness: Arc<Liveness>,
     metrics: Arc<Metrics>,
-    pod_channel: String,
+    pod_id: &str,
     stop: CancellationToken,
 ) -> Result<JoinHandle<()>> {
     let mut rx = redis.subscriber.message_rx();
     let mut reconnects = redis.subscriber.reconnect_rx();
-    let manager = redis.subscriber.manage_subscriptions();
-    redis.subscriber.subscribe(pod_channel.as_str()).await?;
+    let manager = redis.manage_subscriptions(&redis.subscriber);
+    let channels: HashMap<String, usize> = redis
+        .keys
+        .pod_channels(pod_id)
+        .into_iter()
+        .enumerate()
+        .map(|(b, c)| (c, b))
+        .collect();
+    for channel in channels.keys() {
+        redis.subscribe(&redis.subscriber, channel).await?;
+    }
     Ok(tokio::spawn(async move {
         loop {
             let msg = tokio::select! {
@@ -103,14 +118,16 @@ pub async fn listen(
                 msg = rx.recv() => msg,
             };
             match msg {
-                Ok(msg) if *msg.channel == *pod_channel => {
+                Ok(msg) => {
+                    let Some(&bucket) = channels.get(&*msg.channel) else {
+                        continue;
+                    };
                     if msg.value.as_str().is_some_and(|t| t.starts_with("P|")) {
-                        liveness.seen(Channel::Commands);
+                        liveness.seen(Channel::Commands, bucket);
                     } else {
                         dispatch(&conns, &waiters, &metrics, msg.value);
                     }
                 }
-                Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {
                     metrics.pubsub_messages_lost.fetch_add(n, Ordering::Relaxed);
                     tracing::error!(

@@ -19,48 +19,59 @@ pub struct ToolKeyEntry {
     pub daemon_id: Uuid,
 }
 
-fn entry_prefix(redis: &Redis) -> String {
-    redis.keys.tool_key_prefix()
-}
-
-/// Registers `key` for the task (replacing the task's earlier key).
+/// Registers `key` for the task (replacing the task's earlier key). The
+/// key's entry and the task's index are in different slots, so this is
+/// three commands, ordered so that concurrent registrations for one task
+/// leave exactly the last index writer's key alive: the entry first, then
+/// the index swapped (`SET … GET`), then the key it replaced revoked.
 pub async fn register(redis: &Redis, key: &str, entry: &ToolKeyEntry, ttl_ms: u64) -> Result<()> {
     let hash = hash_key(key);
     let json = serde_json::to_string(entry).map_err(|e| crate::Error::Internal(e.to_string()))?;
-    let _: i64 = redis
-        .scripts
-        .toolkey_set
-        .evalsha_with_reload(
-            &redis.client,
-            vec![
-                format!("{}{hash}", entry_prefix(redis)),
-                redis.keys.tool_key_of_task(entry.task_id),
-            ],
-            vec![json, hash, ttl_ms.to_string(), entry_prefix(redis)],
+    let expiry = Some(Expiration::PX(ttl_ms as i64));
+    let _: () = redis
+        .client
+        .set(
+            redis.keys.tool_key(&hash),
+            json,
+            expiry.clone(),
+            None,
+            false,
         )
         .await?;
+    let old: Option<String> = redis
+        .client
+        .set(
+            redis.keys.tool_key_of_task(entry.task_id),
+            hash.as_str(),
+            expiry,
+            None,
+            true,
+        )
+        .await?;
+    if let Some(old) = old.filter(|old| *old != hash) {
+        let _: i64 = redis.client.del(redis.keys.tool_key(&old)).await?;
+    }
     Ok(())
 }
 
 /// Revokes the task's key; false when it had none.
 pub async fn revoke(redis: &Redis, task_id: Uuid) -> Result<bool> {
-    let n: i64 = redis
-        .scripts
-        .toolkey_revoke
-        .evalsha_with_reload(
-            &redis.client,
-            vec![redis.keys.tool_key_of_task(task_id)],
-            vec![entry_prefix(redis)],
-        )
+    let hash: Option<String> = redis
+        .client
+        .getdel(redis.keys.tool_key_of_task(task_id))
         .await?;
-    Ok(n == 1)
+    let Some(hash) = hash else {
+        return Ok(false);
+    };
+    let _: i64 = redis.client.del(redis.keys.tool_key(&hash)).await?;
+    Ok(true)
 }
 
 /// The entry of a live key, or `None`.
 pub async fn lookup(redis: &Redis, key: &str) -> Result<Option<ToolKeyEntry>> {
     let raw: Option<String> = redis
         .client
-        .get(format!("{}{}", entry_prefix(redis), hash_key(key)))
+        .get(redis.keys.tool_key(&hash_key(key)))
         .await?;
     Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
 }

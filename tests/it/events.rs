@@ -80,11 +80,19 @@ fn output(task: Uuid, text: &str) -> Value {
     json!({"type": "taskOutput", "taskId": task, "output": text, "isPartial": false})
 }
 
+/// Subscribers of an event channel (on a cluster: of the shard channel, asked
+/// of the primary owning its slot).
 async fn numsub(env: &TestEnv, pod: &meshgate::Pod, channel: &str) -> i64 {
+    let channel = format!("{}:{channel}", env.prefix);
+    let (sub, slot) = if crate::harness::sharded() {
+        ("SHARDNUMSUB", Some(meshgate::cluster::keys::slot(&channel)))
+    } else {
+        ("NUMSUB", None)
+    };
     let reply: Vec<fred::types::Value> = fred::interfaces::ClientLike::custom(
         &pod.state().redis.client,
-        fred::types::CustomCommand::new_static("PUBSUB", None, false),
-        vec!["NUMSUB".to_owned(), format!("{}:{channel}", env.prefix)],
+        fred::types::CustomCommand::new_static("PUBSUB", slot, false),
+        vec![sub.to_owned(), channel],
     )
     .await
     .unwrap();

@@ -19,6 +19,38 @@ pub fn redis_url() -> String {
     std::env::var("MESHGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// Whether the suite runs against Redis Cluster (`redis-cluster://` URL):
+/// pub/sub is then sharded.
+pub fn sharded() -> bool {
+    is_cluster_url(&redis_url())
+}
+
+pub fn is_cluster_url(url: &str) -> bool {
+    url.split("://")
+        .next()
+        .is_some_and(|scheme| scheme.ends_with("-cluster"))
+}
+
+/// Every key matching `pattern`, on every primary of a cluster.
+pub async fn redis_keys(client: &fred::clients::Client, pattern: &str) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    let keys: Vec<fred::types::Key> = if sharded() {
+        client
+            .scan_cluster_buffered(pattern, Some(1000), None)
+            .try_collect()
+            .await
+    } else {
+        client
+            .scan_buffered(pattern, Some(1000), None)
+            .try_collect()
+            .await
+    }
+    .expect("scan keys");
+    keys.iter()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Replaces the database name of a PostgreSQL URL.
 fn with_db(url: &str, db: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("database URL has a path");

@@ -209,13 +209,11 @@ async fn tool_key_registered_on_one_replica_works_on_another_until_revoked() {
     assert_eq!(status, 200);
     assert_eq!(body, json!({"taskId": task, "ownerId": owner.owner_id}));
     // Stored hashed only.
-    let keys: Vec<String> = fred::interfaces::ClientLike::custom(
+    let keys = crate::harness::redis_keys(
         &a.state().redis.client,
-        fred::types::CustomCommand::new_static("KEYS", None, false),
-        vec![format!("{}:toolkey:*", env.prefix)],
+        &format!("{}:toolkey:*", env.prefix),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(keys.len(), 1, "one entry: {keys:?}");
     assert!(
         !keys[0].contains("tool-secret-1"),

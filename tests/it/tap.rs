@@ -24,7 +24,11 @@ impl Tap {
             .unwrap();
         client.init().await.unwrap();
         let rx = client.message_rx();
-        client.subscribe(channel).await.unwrap();
+        if crate::harness::is_cluster_url(&env.redis_url) {
+            client.ssubscribe(channel).await.unwrap();
+        } else {
+            client.subscribe(channel).await.unwrap();
+        }
         Self { client, rx }
     }
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# A local Redis Cluster on loopback for tests and benchmarks: three primaries
+# with one replica each (six redis-server processes on BASE_PORT..BASE_PORT+5),
+# slots split evenly by `redis-cli --cluster create`.
+#
+#   scripts/redis-cluster.sh start DIR BASE_PORT   start (or restart) it, wait until ok
+#   scripts/redis-cluster.sh stop  DIR             stop every node started in DIR
+#
+# Nothing is persisted (no RDB, no AOF); DIR holds nodes.conf files, logs and
+# pid files. Prints the cluster URL meshgate takes on stdout after `start`.
+set -euo pipefail
+
+log() { printf 'redis-cluster: %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+stop() {
+    local dir=$1 pid
+    for f in "$dir"/*/redis.pid; do
+        [[ -f $f ]] || continue
+        pid=$(cat "$f")
+        kill "$pid" 2>/dev/null || true
+    done
+    for f in "$dir"/*/redis.pid; do
+        [[ -f $f ]] || continue
+        pid=$(cat "$f")
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        rm -f "$f"
+    done
+}
+
+start() {
+    local dir=$1 base=$2 port nodes=()
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+        die "redis-server and redis-cli are needed (Debian package redis-server)"
+    stop "$dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    for i in 0 1 2 3 4 5; do
+        port=$((base + i))
+        mkdir -p "$dir/$port"
+        redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
+            --dir "$dir/$port" --pidfile "$dir/$port/redis.pid" \
+            --logfile "$dir/$port/redis.log" \
+            --cluster-enabled yes --cluster-config-file nodes.conf \
+            --cluster-node-timeout 2000 --save '' --appendonly no ||
+            die "redis-server on port $port did not start (see $dir/$port/redis.log)"
+        nodes+=("127.0.0.1:$port")
+    done
+    for port in "${nodes[@]##*:}"; do
+        for _ in $(seq 50); do
+            redis-cli -p "$port" ping >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 ||
+        die "cluster create failed: $(tail -5 "$dir/create.log")"
+    # Every node must agree the cluster is ok and every replica be attached.
+    for _ in $(seq 150); do
+        local ok=0
+        for port in "${nodes[@]##*:}"; do
+            redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && ok=$((ok + 1))
+        done
+        local replicas
+        replicas=$(redis-cli -p "$base" cluster nodes 2>/dev/null | grep -c ' slave ' || true)
+        if [[ $ok -eq 6 && $replicas -eq 3 ]]; then
+            log "3 primaries + 3 replicas up on 127.0.0.1:$base-$((base + 5))"
+            echo "redis-cluster://127.0.0.1:$base?node=127.0.0.1:$((base + 1))&node=127.0.0.1:$((base + 2))"
+            return 0
+        fi
+        sleep 0.2
+    done
+    die "cluster did not become ok within 30 s"
+}
+
+case ${1:-} in
+start) start "${2:?DIR}" "${3:?BASE_PORT}" ;;
+stop) stop "${2:?DIR}" ;;
+*) die "usage: $0 start DIR BASE_PORT | stop DIR" ;;
+esac

@@ -1,0 +1,206 @@
+//! Names of every Redis key and channel (documented in `redis/README.md`).
+//!
+//! Keys a script touches together share a hash tag, so they sit in one hash
+//! slot and the script runs on Redis Cluster as on one server. The registry
+//! is split into buckets: a daemon's hash, its bucket's reap schedule and
+//! every pod's command channel for that bucket share the bucket's tag, so
+//! `route.lua` reads the entry and `SPUBLISH`es in the same slot, one round
+//! trip. Bucket tags are chosen so bucket `k` lands in the `k`-th equal
+//! share of the 16,384 slots: on a cluster with slots split evenly, buckets
+//! (and so daemons, routing and reaping) spread evenly over the primaries.
+
+use uuid::Uuid;
+
+/// Slots of a Redis Cluster.
+const SLOTS: usize = 16_384;
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    /// Hash tag of each bucket (without braces).
+    tags: Vec<String>,
+}
+
+impl Keys {
+    /// `buckets` ≥ 1; every pod of a deployment must use the same number.
+    pub fn new(prefix: &str, buckets: usize) -> Self {
+        let buckets = buckets.max(1);
+        Self {
+            prefix: prefix.to_owned(),
+            tags: (0..buckets).map(|k| bucket_tag(k, buckets)).collect(),
+        }
+    }
+
+    /// Number of registry buckets.
+    pub fn buckets(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// The bucket of a daemon.
+    pub fn bucket_of(&self, daemon_id: Uuid) -> usize {
+        (daemon_id.as_u128() % self.tags.len() as u128) as usize
+    }
+
+    fn in_bucket(&self, bucket: usize, rest: &str) -> String {
+        format!("{}:{{{}}}:{rest}", self.prefix, self.tags[bucket])
+    }
+
+    /// Registry entry of one daemon (hash, leased), in its bucket's slot.
+    pub fn daemon(&self, daemon_id: Uuid) -> String {
+        format!(
+            "{}{daemon_id}",
+            self.daemon_prefix(self.bucket_of(daemon_id))
+        )
+    }
+
+    /// Prefix of [`Keys::daemon`] in one bucket, for scripts that build the
+    /// key themselves (same slot: the tag is in the prefix).
+    pub fn daemon_prefix(&self, bucket: usize) -> String {
+        self.in_bucket(bucket, "daemon:")
+    }
+
+    /// When each gone daemon of a bucket is due for cleanup (zset: id → ms).
+    pub fn reap(&self, bucket: usize) -> String {
+        self.in_bucket(bucket, "reap")
+    }
+
+    /// Per-owner index of connected daemons (zset: id → lease deadline).
+    pub fn owner_daemons(&self, owner_id: Uuid) -> String {
+        format!("{}:owner:{owner_id}:daemons", self.prefix)
+    }
+
+    /// Prefix of the command channels of a bucket (followed by the pod id).
+    pub fn pod_channel_prefix(&self, bucket: usize) -> String {
+        self.in_bucket(bucket, "pod:")
+    }
+
+    /// One pod's command channel in one bucket.
+    pub fn pod_channel(&self, bucket: usize, pod_id: &str) -> String {
+        format!("{}{pod_id}", self.pod_channel_prefix(bucket))
+    }
+
+    /// All of one pod's command channels, by bucket.
+    pub fn pod_channels(&self, pod_id: &str) -> Vec<String> {
+        (0..self.buckets())
+            .map(|b| self.pod_channel(b, pod_id))
+            .collect()
+    }
+
+    /// All of one pod's event-hub self-ping channels, by bucket.
+    pub fn pod_event_channels(&self, pod_id: &str) -> Vec<String> {
+        (0..self.buckets())
+            .map(|b| self.in_bucket(b, &format!("podev:{pod_id}")))
+            .collect()
+    }
+
+    /// Pods waiting for a daemon's answer of `kind` about a task (set, TTL).
+    pub fn pending(&self, kind: &str, task_id: Uuid) -> String {
+        format!("{}:pending:{kind}:{task_id}", self.prefix)
+    }
+
+    /// Prefix of tool key entries (followed by the key's SHA-256).
+    pub fn tool_key_prefix(&self) -> String {
+        format!("{}:toolkey:", self.prefix)
+    }
+
+    /// A tool key entry by the key's SHA-256.
+    pub fn tool_key(&self, hash: &str) -> String {
+        format!("{}{hash}", self.tool_key_prefix())
+    }
+
+    /// Which key hash a task's tool key has.
+    pub fn tool_key_of_task(&self, task_id: Uuid) -> String {
+        format!("{}:toolkey-task:{task_id}", self.prefix)
+    }
+
+    /// Last reauth status of a daemon's request.
+    pub fn reauth(&self, daemon_id: Uuid, request_id: Uuid) -> String {
+        format!("{}:reauth:{daemon_id}:{request_id}", self.prefix)
+    }
+
+    /// A web client ticket (by hash).
+    pub fn ticket(&self, hash: &str) -> String {
+        format!("{}:ticket:{hash}", self.prefix)
+    }
+
+    /// Events of one owner (task updates, files, daemon presence).
+    pub fn owner_events(&self, owner_id: Uuid) -> String {
+        format!("{}:ev:owner:{owner_id}", self.prefix)
+    }
+
+    /// Events of one task (output, updates, merge/PR results).
+    pub fn task_events(&self, task_id: Uuid) -> String {
+        format!("{}:ev:task:{task_id}", self.prefix)
+    }
+}
+
+/// The hash slot of a key or channel (honouring `{hash tags}`).
+pub fn slot(key: &str) -> u16 {
+    fred::util::redis_keyslot(key.as_bytes())
+}
+
+/// The first tag `"<k>.<j>"` (j = 0, 1, …) whose slot falls in bucket `k`'s
+/// share of the slot space. Deterministic, so every pod derives the same.
+fn bucket_tag(k: usize, buckets: usize) -> String {
+    let lo = k * SLOTS / buckets;
+    let hi = ((k + 1) * SLOTS / buckets).max(lo + 1);
+    (0u32..)
+        .map(|j| format!("{k}.{j}"))
+        .find(|tag| (lo..hi).contains(&usize::from(slot(&format!("{{{tag}}}")))))
+        .expect("a tag exists for every slot range")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemons_keys_and_channels_share_one_slot() {
+        let keys = Keys::new("mg", 16);
+        let d = Uuid::new_v4();
+        let b = keys.bucket_of(d);
+        let s = slot(&keys.daemon(d));
+        assert_eq!(slot(&keys.reap(b)), s);
+        assert_eq!(slot(&keys.pod_channel(b, "pod-a")), s);
+        assert_eq!(slot(&format!("{}{d}", keys.daemon_prefix(b))), s);
+    }
+
+    #[test]
+    fn buckets_fall_in_equal_shares_of_the_slots() {
+        let keys = Keys::new("mg", 16);
+        for b in 0..16 {
+            let s = usize::from(slot(&keys.reap(b)));
+            assert!(
+                (b * 1024..(b + 1) * 1024).contains(&s),
+                "bucket {b}: slot {s}"
+            );
+        }
+        // Three primaries splitting the slots evenly get 5 or 6 buckets each.
+        let mut per_primary = [0; 3];
+        for b in 0..16 {
+            per_primary[usize::from(slot(&keys.reap(b))) * 3 / SLOTS] += 1;
+        }
+        assert!(
+            per_primary.iter().all(|&n| (5..=6).contains(&n)),
+            "{per_primary:?}"
+        );
+    }
+
+    #[test]
+    fn daemons_spread_over_buckets() {
+        let keys = Keys::new("mg", 16);
+        let mut counts = [0; 16];
+        for _ in 0..16_000 {
+            counts[keys.bucket_of(Uuid::new_v4())] += 1;
+        }
+        assert!(counts.iter().all(|&n| n > 800), "{counts:?}");
+    }
+
+    #[test]
+    fn one_bucket_keeps_every_daemon_in_one_slot() {
+        let keys = Keys::new("mg", 1);
+        let a = slot(&keys.daemon(Uuid::new_v4()));
+        assert_eq!(slot(&keys.daemon(Uuid::new_v4())), a);
+        assert_eq!(keys.pod_channels("p").len(), 1);
+    }
+}

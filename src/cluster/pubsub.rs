@@ -1,0 +1,172 @@
+//! Pub/sub that works the same on one Redis server and on Redis Cluster.
+//!
+//! On a cluster, plain `PUBLISH` is copied to every node over the cluster
+//! bus, so it does not scale with shards; meshgate then uses sharded pub/sub
+//! (`SPUBLISH`/`SSUBSCRIBE`), where a message only travels within the shard
+//! owning the channel's slot.
+//!
+//! Sharded subscriptions have one more way to die: when a slot changes hands
+//! (failover, resharding) the server ends them with a `sunsubscribe` that
+//! fred logs and drops. Two things bring them back: every cluster topology
+//! change fred notices makes the pod subscribe again to everything
+//! ([`watch_topology`]), and the self-pings of [`super::liveness`], one per
+//! bucket and so spread over every primary, resubscribe a subscription that
+//! stopped delivering.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use fred::{
+    clients::{Pipeline, SubscriberClient},
+    prelude::*,
+};
+use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::Redis;
+use crate::metrics::Metrics;
+
+impl Redis {
+    /// The publish command scripts call (`PUBLISH` or `SPUBLISH`).
+    pub fn publish_command(&self) -> &'static str {
+        if self.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Publishes `message`; returns how many subscribers received it.
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<i64, Error> {
+        if self.sharded {
+            self.client.spublish(channel, message).await
+        } else {
+            self.client.publish(channel, message).await
+        }
+    }
+
+    /// Queues a publish on a pipeline.
+    pub async fn publish_in(
+        &self,
+        pipeline: &Pipeline<Client>,
+        channel: String,
+        message: String,
+    ) -> Result<(), Error> {
+        if self.sharded {
+            pipeline.spublish(channel, message).await
+        } else {
+            pipeline.publish(channel, message).await
+        }
+    }
+
+    /// Subscribes `subscriber` to one channel (tracked, so fred resubscribes
+    /// it after a reconnect).
+    pub async fn subscribe(
+        &self,
+        subscriber: &SubscriberClient,
+        channel: &str,
+    ) -> Result<(), Error> {
+        if self.sharded {
+            subscriber.ssubscribe(channel).await
+        } else {
+            subscriber.subscribe(channel).await
+        }
+    }
+
+    /// Unsubscribes `subscriber` from one channel.
+    pub async fn unsubscribe(
+        &self,
+        subscriber: &SubscriberClient,
+        channel: &str,
+    ) -> Result<(), Error> {
+        if self.sharded {
+            subscriber.sunsubscribe(channel).await
+        } else {
+            subscriber.unsubscribe(channel).await
+        }
+    }
+
+    /// Subscribes `subscriber` again to every channel it tracks. (fred's
+    /// own `resubscribe_all` sends an empty `SUBSCRIBE` when only shard
+    /// channels are tracked, which Redis refuses, and then stops.)
+    pub async fn resubscribe(&self, subscriber: &SubscriberClient) -> Result<(), Error> {
+        if self.sharded {
+            let channels = subscriber.tracked_shard_channels();
+            let by_slot = fred::util::group_by_hash_slot(channels.into_iter().map(Key::from))?;
+            for (_, channels) in by_slot {
+                subscriber.ssubscribe(Vec::from(channels)).await?;
+            }
+        } else {
+            let channels: Vec<_> = subscriber.tracked_channels().into_iter().collect();
+            if !channels.is_empty() {
+                subscriber.subscribe(channels).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resubscribes `subscriber` after each of its reconnections (in place
+    /// of fred's `manage_subscriptions`, see [`Redis::resubscribe`]).
+    pub fn manage_subscriptions(self: &Arc<Self>, subscriber: &SubscriberClient) -> JoinHandle<()> {
+        let (redis, subscriber) = (self.clone(), subscriber.clone());
+        let mut reconnects = subscriber.reconnect_rx();
+        tokio::spawn(async move {
+            loop {
+                match reconnects.recv().await {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+                if let Err(e) = redis.resubscribe(&subscriber).await {
+                    tracing::error!(error = %e, "resubscribe after reconnect failed; the self-ping will retry");
+                }
+            }
+        })
+    }
+
+    /// Subscribes both subscriber connections again to everything they
+    /// track (after a topology change; harmless when nothing was lost).
+    pub async fn resubscribe_everything(&self, metrics: &Metrics, why: &str) {
+        metrics.pubsub_resubscribes.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(reason = why, "subscribing again to every channel");
+        for (name, subscriber) in [("commands", &self.subscriber), ("events", &self.events)] {
+            if let Err(e) = self.resubscribe(subscriber).await {
+                tracing::warn!(subscriber = name, error = %e, "resubscribe failed; the self-ping will retry");
+            }
+        }
+    }
+}
+
+/// On a cluster, subscribes again to everything whenever any of the pod's
+/// clients sees the cluster's slot map change, until `stop`.
+pub fn watch_topology(
+    redis: Arc<Redis>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if !redis.sharded {
+            return;
+        }
+        let mut rx = [
+            redis.client.cluster_change_rx(),
+            redis.subscriber.cluster_change_rx(),
+            redis.events.cluster_change_rx(),
+        ];
+        loop {
+            let [a, b, c] = &mut rx;
+            let received = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = a.recv() => r.map(drop),
+                r = b.recv() => r.map(drop),
+                r = c.recv() => r.map(drop),
+            };
+            if let Err(RecvError::Closed) = received {
+                return;
+            }
+            // Let fred finish syncing the slot map of every client.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            redis
+                .resubscribe_everything(&metrics, "cluster slot map changed")
+                .await;
+        }
+    })
+}
