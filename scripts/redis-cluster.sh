@@ -5,6 +5,7 @@
 #
 #   scripts/redis-cluster.sh start DIR BASE_PORT   start (or restart) it, wait until ok
 #   scripts/redis-cluster.sh stop  DIR             stop every node started in DIR
+#   scripts/redis-cluster.sh check BASE_PORT       fail if a node refused any command
 #
 # Nothing is persisted (no RDB, no AOF); DIR holds nodes.conf files, logs and
 # pid files. Prints the cluster URL meshgate takes on stdout after `start`.
@@ -70,6 +71,10 @@ start() {
         local replicas
         replicas=$(redis-cli -p "$base" cluster nodes 2>/dev/null | grep -c ' slave ' || true)
         if [[ $ok -eq 6 && $replicas -eq 3 ]]; then
+            # Error counters from here on count meshgate's traffic only.
+            for port in "${nodes[@]##*:}"; do
+                redis-cli -p "$port" config resetstat >/dev/null
+            done
             log "3 primaries + 3 replicas up on 127.0.0.1:$base-$((base + 5))"
             echo "redis-cluster://127.0.0.1:$base?node=127.0.0.1:$((base + 1))&node=127.0.0.1:$((base + 2))"
             return 0
@@ -79,8 +84,26 @@ start() {
     die "cluster did not become ok within 30 s"
 }
 
+# Fails when any node refused a command since start: CROSSSLOT (keys of
+# several slots), ERR (e.g. a script building a key of another slot), MOVED
+# (sent to the wrong node) … Only NOSCRIPT is expected: the first EVALSHA of
+# each script on each primary, which then loads it.
+check() {
+    local base=$1 bad=0 stats
+    for port in $(seq "$base" $((base + 5))); do
+        stats=$(redis-cli -p "$port" info errorstats | tr -d '\r' | grep '^errorstat_' || true)
+        log "node :$port errors: ${stats:-none}"
+        if grep -v '^errorstat_NOSCRIPT:' <<<"$stats" | grep -q .; then
+            bad=1
+        fi
+    done
+    [[ $bad -eq 0 ]] || die "a node refused commands (see above)"
+    log "no node refused a command (no CROSSSLOT, ERR or MOVED)"
+}
+
 case ${1:-} in
 start) start "${2:?DIR}" "${3:?BASE_PORT}" ;;
 stop) stop "${2:?DIR}" ;;
-*) die "usage: $0 start DIR BASE_PORT | stop DIR" ;;
+check) check "${2:?BASE_PORT}" ;;
+*) die "usage: $0 start DIR BASE_PORT | stop DIR | check BASE_PORT" ;;
 esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs the whole test suite (one build): makes sure
-# PostgreSQL and Redis are up on loopback, then `cargo test --all-targets`.
-# Exits with cargo's status.
+# PostgreSQL and Redis are up on loopback, runs `cargo test --all-targets`,
+# then the integration suite again against a local Redis Cluster it starts
+# (scripts/redis-cluster.sh). Fails if anything fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,4 +22,19 @@ fi
 locked=(--locked)
 [[ -f Cargo.lock ]] || locked=()
 
-exec cargo test --all-targets ${locked[@]+"${locked[@]}"} 2>&1
+# 1. Everything (unit, integration, manifests, simulator) against one Redis.
+cargo test --all-targets ${locked[@]+"${locked[@]}"} 2>&1
+
+# 2. The integration suite again against a local three-primary Redis Cluster
+#    (sharded pub/sub), minus the tests that bring their own Redis anyway:
+#    outages:: (private redis-server instances) and cluster:: (private
+#    clusters, failover). Then every node must show that it refused nothing
+#    (no CROSSSLOT, ERR or MOVED).
+cluster_port=${MESHGATE_TEST_CLUSTER_PORT:-7100}
+cluster_dir=$(mktemp -d "${TMPDIR:-/tmp}/meshgate-test-cluster.XXXXXX")
+trap 'bash scripts/redis-cluster.sh stop "$cluster_dir"; rm -rf "$cluster_dir"' EXIT
+cluster_url=$(bash scripts/redis-cluster.sh start "$cluster_dir" "$cluster_port")
+echo "== integration suite against Redis Cluster $cluster_url"
+MESHGATE_TEST_REDIS_URL=$cluster_url cargo test ${locked[@]+"${locked[@]}"} --test it -- \
+    --skip outages:: --skip cluster:: 2>&1
+bash scripts/redis-cluster.sh check "$cluster_port"

@@ -531,4 +531,54 @@ mod tests {
         let err = cli.config.validate().unwrap_err().to_string();
         assert!(err.contains("MESHGATE_LEASE_REFRESH_MS"), "{err}");
     }
+
+    fn parse(args: &[&str]) -> Config {
+        Cli::parse_from(std::iter::once("t").chain(args.iter().copied())).config
+    }
+
+    #[test]
+    fn the_url_scheme_selects_the_redis_mode_and_buckets() {
+        let one = parse(&["--redis-url", "redis://h:6379"]);
+        assert_eq!(one.resolved_redis_mode(), RedisMode::Standalone);
+        assert_eq!(one.resolved_redis_buckets(), 1);
+        let cluster = parse(&["--redis-url", "redis-cluster://h:7000?node=h:7001"]);
+        assert_eq!(cluster.resolved_redis_mode(), RedisMode::Cluster);
+        assert!(cluster.resolved_redis_mode().sharded());
+        assert_eq!(cluster.resolved_redis_buckets(), 16);
+        let sentinel = parse(&[
+            "--redis-url",
+            "redis-sentinel://h:26379/0?sentinelServiceName=m",
+        ]);
+        assert_eq!(sentinel.resolved_redis_mode(), RedisMode::Sentinel);
+        assert!(!sentinel.resolved_redis_mode().sharded());
+        // A plain URL is a seed node when the mode says cluster.
+        let seed = parse(&["--redis-url", "redis://h:7000", "--redis-mode", "cluster"]);
+        assert_eq!(seed.resolved_redis_mode(), RedisMode::Cluster);
+        seed.validate().unwrap();
+        let buckets = parse(&[
+            "--redis-url",
+            "redis-cluster://h:7000",
+            "--redis-buckets",
+            "64",
+        ]);
+        assert_eq!(buckets.resolved_redis_buckets(), 64);
+    }
+
+    #[test]
+    fn contradicting_redis_settings_are_refused() {
+        for args in [
+            &[
+                "--redis-url",
+                "redis-cluster://h:7000",
+                "--redis-mode",
+                "standalone",
+            ][..],
+            &["--redis-url", "redis://h:6379", "--redis-mode", "sentinel"],
+            &["--redis-url", "redis://h:6379", "--redis-buckets", "0"],
+            &["--redis-prefix", "a{b}"],
+        ] {
+            let err = parse(args).validate().unwrap_err().to_string();
+            assert!(err.contains("MESHGATE_REDIS"), "{args:?}: {err}");
+        }
+    }
 }

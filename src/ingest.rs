@@ -155,17 +155,16 @@ impl Writer {
         }
         let mut backoff = Duration::from_millis(50);
         let mut attempts_after_stop = 0;
-        loop {
+        let ids = loop {
             match outputs::insert_batch(&self.pool, batch).await {
-                Ok(_) => break,
+                Ok(ids) => break ids,
                 Err(e) if is_permanent(&e) => {
                     // Retrying would fail forever and stall every daemon on
                     // this pod: store line by line, dropping (and counting)
                     // only the lines that can never be stored.
                     Metrics::inc(&self.metrics.db_errors);
                     tracing::warn!(lines = batch.len(), error = %e, "output batch refused; storing line by line");
-                    self.store_one_by_one(batch).await;
-                    break;
+                    break self.store_one_by_one(batch).await;
                 }
                 Err(e) => {
                     Metrics::inc(&self.metrics.db_errors);
@@ -185,22 +184,27 @@ impl Writer {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
-        }
+        };
         self.metrics
             .output_lines_stored
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.publish(batch).await;
+        self.publish(batch, &ids).await;
         self.done(batch);
     }
 
     /// Stores each line alone; lines refused for good (e.g. their task was
-    /// deleted meanwhile) are dropped with a log and a count.
-    async fn store_one_by_one(&self, batch: &mut Vec<NewOutput>) {
+    /// deleted meanwhile) are dropped with a log and a count. Returns the
+    /// ids of the lines kept in `batch`.
+    async fn store_one_by_one(&self, batch: &mut Vec<NewOutput>) -> Vec<i64> {
         let mut kept = Vec::with_capacity(batch.len());
+        let mut ids = Vec::with_capacity(batch.len());
         for line in batch.drain(..) {
             loop {
                 match outputs::insert_batch(&self.pool, std::slice::from_ref(&line)).await {
-                    Ok(_) => kept.push(line),
+                    Ok(id) => {
+                        ids.extend(id);
+                        kept.push(line);
+                    }
                     Err(e) if is_permanent(&e) => {
                         self.metrics
                             .output_lines_lost
@@ -220,6 +224,7 @@ impl Writer {
             }
         }
         *batch = kept;
+        ids
     }
 
     fn done(&self, batch: &mut Vec<NewOutput>) {
@@ -229,11 +234,12 @@ impl Writer {
 
     /// Publishes the batch's events in one pipelined round trip
     /// (best-effort: the lines are stored, clients can re-read them).
-    async fn publish(&self, batch: &[NewOutput]) {
+    async fn publish(&self, batch: &[NewOutput], ids: &[i64]) {
         let pipeline = self.redis.client.pipeline();
-        for line in batch {
+        for (i, line) in batch.iter().enumerate() {
             let event = ClientEvent::TaskOutput {
                 task_id: line.task_id,
+                id: ids.get(i).copied(),
                 event: line.event.clone(),
             };
             let Some(payload) = events::payload(line.owner_id, &event) else {

@@ -36,7 +36,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
 /// The kustomizations that must render: the base and every overlay.
-const KUSTOMIZATIONS: &[&str] = &["k8s", "k8s/overlays/example"];
+const KUSTOMIZATIONS: &[&str] = &["k8s", "k8s/overlays/example", "k8s/overlays/redis-cluster"];
 
 /// The Deployment and Job that run the meshgate binary.
 const DEPLOYMENT: &str = "meshgate";

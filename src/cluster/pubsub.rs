@@ -135,8 +135,14 @@ impl Redis {
     }
 }
 
-/// On a cluster, subscribes again to everything whenever any of the pod's
-/// clients sees the cluster's slot map change, until `stop`.
+/// On a cluster, whenever the command client learns that the slot map
+/// changed (a `MOVED` after a failover or resharding), brings both
+/// subscriber clients up to date and subscribes again to everything, until
+/// `stop`. The subscribers would not notice on their own: after a failover
+/// the demoted primary keeps serving their subscriptions as a replica (so
+/// messages still arrive, but `SPUBLISH` on the new primary counts no
+/// receivers and a routed command would look undeliverable), and after a
+/// slot moves away they are dropped with a `sunsubscribe` fred ignores.
 pub fn watch_topology(
     redis: Arc<Redis>,
     metrics: Arc<Metrics>,
@@ -146,24 +152,25 @@ pub fn watch_topology(
         if !redis.sharded {
             return;
         }
-        let mut rx = [
-            redis.client.cluster_change_rx(),
-            redis.subscriber.cluster_change_rx(),
-            redis.events.cluster_change_rx(),
-        ];
+        let mut changes = redis.client.cluster_change_rx();
         loop {
-            let [a, b, c] = &mut rx;
             let received = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = a.recv() => r.map(drop),
-                r = b.recv() => r.map(drop),
-                r = c.recv() => r.map(drop),
+                r = changes.recv() => r.map(drop),
             };
             if let Err(RecvError::Closed) = received {
                 return;
             }
-            // Let fred finish syncing the slot map of every client.
+            // One failover makes many commands bounce: handle them once.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            while changes.try_recv().is_ok() {}
+            for (name, subscriber) in [("commands", &redis.subscriber), ("events", &redis.events)] {
+                // Drops connections to demoted nodes (their subscriptions
+                // with them) and connects to the new primaries.
+                if let Err(e) = subscriber.sync_cluster().await {
+                    tracing::warn!(subscriber = name, error = %e, "cluster sync failed");
+                }
+            }
             redis
                 .resubscribe_everything(&metrics, "cluster slot map changed")
                 .await;

@@ -99,6 +99,7 @@ pub async fn authentication_required(
     }));
     let event = ClientEvent::TaskOutput {
         task_id: task.id,
+        id: None,
         event,
     };
     ctx.publish(Some(task.id), false, &event).await;

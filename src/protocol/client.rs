@@ -36,6 +36,11 @@ pub enum ClientEvent {
     TaskOutput {
         /// The task.
         task_id: Uuid,
+        /// The stored row's id (as in `GET /tasks/{id}/outputs`), so a client
+        /// that re-read stored lines can skip their live copies. Absent for
+        /// lines that are not stored (e.g. the auth-required notice).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
         /// The parsed line; its fields sit beside `taskId` on the wire.
         #[serde(flatten)]
         event: OutputEvent,
@@ -237,6 +242,7 @@ mod tests {
         .unwrap();
         let ev = ClientEvent::TaskOutput {
             task_id: id(TASK),
+            id: None,
             event,
         };
         assert_eq!(
@@ -252,9 +258,11 @@ mod tests {
         };
         let ev = ClientEvent::TaskOutput {
             task_id: id(TASK),
+            id: Some(7),
             event: result,
         };
         assert_eq!(wire(&ev)["durationMs"], 42);
+        assert_eq!(wire(&ev)["id"], 7);
     }
 
     #[test]
