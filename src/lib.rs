@@ -129,6 +129,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         cluster::pubsub::watch_topology(
             redis.clone(),
             state.metrics.clone(),
+            state.config.self_ping() * 5,
             stop_background.clone(),
         ),
         tokio::spawn(cluster::liveness::ping(

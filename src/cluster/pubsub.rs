@@ -18,8 +18,13 @@ use std::sync::{atomic::Ordering, Arc};
 use fred::{
     clients::{Pipeline, SubscriberClient},
     prelude::*,
+    types::Value,
 };
-use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
+use tokio::{
+    sync::broadcast::error::RecvError,
+    task::JoinHandle,
+    time::{Duration, MissedTickBehavior},
+};
 use tokio_util::sync::CancellationToken;
 
 use super::Redis;
@@ -135,17 +140,23 @@ impl Redis {
     }
 }
 
-/// On a cluster, whenever the command client learns that the slot map
-/// changed (a `MOVED` after a failover or resharding), brings both
-/// subscriber clients up to date and subscribes again to everything, until
-/// `stop`. The subscribers would not notice on their own: after a failover
-/// the demoted primary keeps serving their subscriptions as a replica (so
+/// On a cluster, whenever the slot map changes, brings both subscriber
+/// clients up to date and subscribes again to everything, until `stop`.
+/// A change is noticed two ways: the command client hits a `MOVED` (after a
+/// failover or resharding; the self-pings touch every bucket each round, so
+/// this is quick), or the slot map polled every `poll` differs from the last
+/// one (a slot that moved holding only some event channel this pod listens
+/// to, and that this pod never publishes to, would otherwise go unnoticed).
+///
+/// The subscribers would not notice on their own: after a failover the
+/// demoted primary keeps serving their subscriptions as a replica (so
 /// messages still arrive, but `SPUBLISH` on the new primary counts no
 /// receivers and a routed command would look undeliverable), and after a
 /// slot moves away they are dropped with a `sunsubscribe` fred ignores.
 pub fn watch_topology(
     redis: Arc<Redis>,
     metrics: Arc<Metrics>,
+    poll: Duration,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -153,16 +164,29 @@ pub fn watch_topology(
             return;
         }
         let mut changes = redis.client.cluster_change_rx();
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_map: Option<Value> = None;
         loop {
-            let received = tokio::select! {
+            let why = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = changes.recv() => r.map(drop),
+                r = changes.recv() => match r {
+                    Err(RecvError::Closed) => return,
+                    _ => "a command was redirected (MOVED)",
+                },
+                _ = tick.tick() => {
+                    let Ok(map) = redis.client.cluster_slots::<Value>().await else {
+                        continue;
+                    };
+                    let known = last_map.replace(map.clone());
+                    if known.is_none() || known == Some(map) {
+                        continue;
+                    }
+                    "the slot map changed"
+                }
             };
-            if let Err(RecvError::Closed) = received {
-                return;
-            }
             // One failover makes many commands bounce: handle them once.
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             while changes.try_recv().is_ok() {}
             for (name, subscriber) in [("commands", &redis.subscriber), ("events", &redis.events)] {
                 // Drops connections to demoted nodes (their subscriptions
@@ -171,9 +195,7 @@ pub fn watch_topology(
                     tracing::warn!(subscriber = name, error = %e, "cluster sync failed");
                 }
             }
-            redis
-                .resubscribe_everything(&metrics, "cluster slot map changed")
-                .await;
+            redis.resubscribe_everything(&metrics, why).await;
         }
     })
 }

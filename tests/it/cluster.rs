@@ -462,3 +462,121 @@ async fn a_primary_failed_over_mid_run_pauses_commands_and_events_briefly_and_lo
         .await;
     }
 }
+
+#[tokio::test]
+async fn slots_moved_to_another_primary_end_shard_subscriptions_and_the_pods_subscribe_again() {
+    let env = TestEnv::new().await;
+    let cluster = PrivateCluster::start();
+    let (a, b) = (
+        env.pod_with(&[&cluster.flag()]).await,
+        env.pod_with(&[&cluster.flag()]).await,
+    );
+    let owner = env.owner().await;
+    let keys = a.state().redis.keys.clone();
+    let slot = meshgate::cluster::keys::slot;
+    // `--cluster reshard` moves the lowest slots of the source: 0..1100,
+    // where bucket 0 (its daemons' entries and every pod's command channel
+    // of the bucket) lives.
+    const MOVED: u16 = 1100;
+    let primaries = cluster.primaries();
+    let source = primaries.iter().find(|p| p.owns(0)).unwrap().clone();
+    let target = primaries.iter().find(|p| !p.owns(0)).unwrap().clone();
+
+    // A daemon in bucket 0, and a task whose event channel moves too.
+    let mut others = Vec::new();
+    let mut d = loop {
+        let d = Daemon::connect(a.addr(), &owner.key, &format!("m{}", others.len())).await;
+        if slot(&keys.daemon(d.id())) < MOVED {
+            break d;
+        }
+        others.push(d);
+        assert!(others.len() < 200, "no daemon in bucket 0");
+    };
+    let mut task = env.task(owner.owner_id, "running", Some(d.id())).await;
+    for _ in 0..500 {
+        if slot(&keys.task_events(task)) < MOVED {
+            break;
+        }
+        task = env.task(owner.owner_id, "running", Some(d.id())).await;
+    }
+    assert!(
+        slot(&keys.task_events(task)) < MOVED,
+        "no task channel in the moved slots"
+    );
+    let mut w = Watcher::open(b.addr(), &owner.key, &[format!("task:{task}")]).await;
+
+    let s = b.state();
+    meshgate::cluster::routing::send_command(&s.redis, &s.metrics, d.id(), &message("before"))
+        .await
+        .unwrap();
+    assert_eq!(
+        received(&mut d, Duration::from_millis(500)).await,
+        vec!["before".to_owned()]
+    );
+    d.send(output(task, "before")).await;
+    assert_eq!(w.outputs(Duration::from_millis(500)).await, vec!["before"]);
+
+    let out = tokio::process::Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("reshard")
+        .arg(format!("127.0.0.1:{}", source.port))
+        .args(["--cluster-from", &source.id, "--cluster-to", &target.id])
+        .args(["--cluster-slots", &MOVED.to_string(), "--cluster-yes"])
+        .output()
+        .await
+        .expect("redis-cli --cluster reshard");
+    assert!(
+        out.status.success(),
+        "reshard: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let moved_at = std::time::Instant::now();
+    assert!(
+        cluster
+            .primaries()
+            .iter()
+            .any(|p| p.port == target.port && p.owns(0)),
+        "slot 0 moved"
+    );
+
+    // Commands and events come back by themselves.
+    let mut flowing = false;
+    for round in 0..60 {
+        let text = format!("after {round}");
+        let routed =
+            meshgate::cluster::routing::send_command(&s.redis, &s.metrics, d.id(), &message(&text))
+                .await;
+        let got = received(&mut d, Duration::from_millis(200)).await;
+        d.send(output(task, &text)).await;
+        let lines = w.outputs(Duration::from_millis(300)).await;
+        if routed.is_ok() && got.contains(&text) && lines.contains(&text) {
+            flowing = true;
+            break;
+        }
+    }
+    assert!(
+        flowing,
+        "commands and events flow again after the slots moved"
+    );
+    let resubscribes: u64 = [&a, &b]
+        .iter()
+        .map(|p| {
+            p.state()
+                .metrics
+                .pubsub_resubscribes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    eprintln!(
+        "slots 0..{MOVED} :{} → :{}: flowing again after {:?}, {resubscribes} resubscribes",
+        source.port,
+        target.port,
+        moved_at.elapsed()
+    );
+    assert!(resubscribes >= 1, "the dropped subscriptions were noticed");
+    // The moved registry entry is still there (migrated with its slot).
+    let entry = meshgate::cluster::registry::get(&s.redis, owner.owner_id, d.id())
+        .await
+        .unwrap();
+    assert!(entry.is_some(), "registry entry moved with its slot");
+}
