@@ -142,7 +142,13 @@ async fn scenario(
         args.duration_s, args.window
     ));
     let stall = (args.overload && args.stall_ms > 0).then(|| stall(a.pid, args.stall_ms));
+    let calls_before = command_calls(&world.redis_url);
     let max = max_phase(args, &mut b, &host, &tracked, args.duration_s, flow).await?;
+    let calls_after = command_calls(&world.redis_url);
+    rep.insert(
+        "redisCalls".into(),
+        calls_per_command(&calls_before, &calls_after, &max),
+    );
     if let Some(stall) = stall {
         rep.insert("stall".into(), stall.await.unwrap_or_default());
     }
@@ -372,4 +378,47 @@ async fn rate_phase(
         m.extend(c);
     }
     Ok(m)
+}
+
+/// `INFO commandstats`: calls per command (`evalsha`, `publish`, …).
+fn command_calls(url: &str) -> std::collections::BTreeMap<String, u64> {
+    world::redis_info(url, "commandstats")
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let cmd = k.strip_prefix("cmdstat_")?;
+            let calls = v.split(',').next()?.strip_prefix("calls=")?.parse().ok()?;
+            Some((cmd.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// Redis commands executed during phase (a), per command B sent: the proof
+/// that routing costs one round trip (one `EVALSHA` of `route.lua`) per
+/// command. Everything else the pods do meanwhile (self-pings, lease
+/// refreshes, the reaper) is counted too, so it is slightly above 1.
+fn calls_per_command(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    max: &Map<String, Value>,
+) -> Value {
+    let delta: std::collections::BTreeMap<&String, u64> = after
+        .iter()
+        .map(|(k, v)| (k, v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    let total: u64 = delta.values().sum();
+    let evalsha = delta
+        .iter()
+        .find(|(k, _)| k.as_str() == "evalsha")
+        .map_or(0, |(_, v)| *v);
+    let sent = max.get("sent").and_then(Value::as_u64).unwrap_or(0).max(1) as f64;
+    let per = |n: u64| (n as f64 / sent * 1000.0).round() / 1000.0;
+    json!({
+        "during": "phase (a)",
+        "calls": delta,
+        "total": total,
+        // Round trips: each EVALSHA runs route.lua, whose HMGET and PUBLISH
+        // Redis counts as calls too, without any network between them.
+        "evalshaPerSentCommand": per(evalsha),
+    })
 }
