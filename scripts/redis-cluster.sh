@@ -43,6 +43,16 @@ start() {
     stop "$dir"
     rm -rf "$dir"
     mkdir -p "$dir"
+    # Node ports and cluster-bus ports (+10000) must be free: a node that
+    # cannot bind exits after daemonizing, which `redis-server` alone would
+    # not report, and an old cluster answering there would be reused.
+    for i in 0 1 2 3 4 5; do
+        for port in $((base + i)) $((base + i + 10000)); do
+            if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
+                die "port $port is in use (an old cluster? stop it, or choose another BASE_PORT)"
+            fi
+        done
+    done
     for i in 0 1 2 3 4 5; do
         port=$((base + i))
         mkdir -p "$dir/$port"
@@ -59,6 +69,8 @@ start() {
             redis-cli -p "$port" ping >/dev/null 2>&1 && break
             sleep 0.1
         done
+        kill -0 "$(cat "$dir/$port/redis.pid" 2>/dev/null || echo 0)" 2>/dev/null ||
+            die "redis-server on port $port is not running (see $dir/$port/redis.log)"
     done
     redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 ||
         die "cluster create failed: $(tail -5 "$dir/create.log")"

@@ -128,12 +128,14 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         )),
         cluster::pubsub::watch_topology(
             redis.clone(),
+            state.hub.clone(),
             state.metrics.clone(),
             state.config.self_ping() * 5,
             stop_background.clone(),
         ),
         tokio::spawn(cluster::liveness::ping(
             redis.clone(),
+            state.hub.clone(),
             liveness,
             state.metrics.clone(),
             pod_id.to_string(),

@@ -140,7 +140,22 @@ impl Hub {
         stop: CancellationToken,
     ) {
         let mut rx = self.subscriber.message_rx();
-        let manager = self.redis.manage_subscriptions(&self.subscriber);
+        // After a reconnect, subscribe again (serialised with the janitor).
+        let manager = {
+            let hub = self.clone();
+            let mut reconnects = self.subscriber.reconnect_rx();
+            tokio::spawn(async move {
+                loop {
+                    match reconnects.recv().await {
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    }
+                    if let Err(e) = hub.resubscribe().await {
+                        tracing::error!(error = %e, "event hub resubscribe after reconnect failed; the self-ping will retry");
+                    }
+                }
+            })
+        };
         for channel in self.ping_channels.keys() {
             if let Err(e) = self.redis.subscribe(&self.subscriber, channel).await {
                 // Readiness stays red until the self-ping resubscribes it.
@@ -165,6 +180,14 @@ impl Hub {
             }
         }
         manager.abort();
+    }
+
+    /// Subscribes the hub's connection again to every channel it tracks,
+    /// serialised with the janitor so a channel whose last client just left
+    /// is not subscribed again with nobody to receive it.
+    pub async fn resubscribe(&self) -> Result<()> {
+        let _serial = self.changes.lock().await;
+        Ok(self.redis.resubscribe(&self.subscriber).await?)
     }
 
     async fn unsubscribe_if_unused(&self, channel: &str) {

@@ -17,17 +17,24 @@ const SLOTS: usize = 16_384;
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
-    /// Hash tag of each bucket (without braces).
-    tags: Vec<String>,
+    /// Hash tag of each bucket (without braces); `None` for the one bucket
+    /// of a single server, whose names carry no tag (as before buckets
+    /// existed, so pods of both versions work together during an upgrade).
+    tags: Vec<Option<String>>,
 }
 
 impl Keys {
     /// `buckets` ≥ 1; every pod of a deployment must use the same number.
-    pub fn new(prefix: &str, buckets: usize) -> Self {
+    /// `tagged`: always on a cluster; on one server only with several
+    /// buckets (nothing needs them there, but the names must agree).
+    pub fn new(prefix: &str, buckets: usize, tagged: bool) -> Self {
         let buckets = buckets.max(1);
+        let tagged = tagged || buckets > 1;
         Self {
             prefix: prefix.to_owned(),
-            tags: (0..buckets).map(|k| bucket_tag(k, buckets)).collect(),
+            tags: (0..buckets)
+                .map(|k| tagged.then(|| bucket_tag(k, buckets)))
+                .collect(),
         }
     }
 
@@ -42,7 +49,10 @@ impl Keys {
     }
 
     fn in_bucket(&self, bucket: usize, rest: &str) -> String {
-        format!("{}:{{{}}}:{rest}", self.prefix, self.tags[bucket])
+        match &self.tags[bucket] {
+            Some(tag) => format!("{}:{{{tag}}}:{rest}", self.prefix),
+            None => format!("{}:{rest}", self.prefix),
+        }
     }
 
     /// Registry entry of one daemon (hash, leased), in its bucket's slot.
@@ -156,7 +166,7 @@ mod tests {
 
     #[test]
     fn a_daemons_keys_and_channels_share_one_slot() {
-        let keys = Keys::new("mg", 16);
+        let keys = Keys::new("mg", 16, true);
         let d = Uuid::new_v4();
         let b = keys.bucket_of(d);
         let s = slot(&keys.daemon(d));
@@ -167,7 +177,7 @@ mod tests {
 
     #[test]
     fn buckets_fall_in_equal_shares_of_the_slots() {
-        let keys = Keys::new("mg", 16);
+        let keys = Keys::new("mg", 16, true);
         for b in 0..16 {
             let s = usize::from(slot(&keys.reap(b)));
             assert!(
@@ -188,7 +198,7 @@ mod tests {
 
     #[test]
     fn daemons_spread_over_buckets() {
-        let keys = Keys::new("mg", 16);
+        let keys = Keys::new("mg", 16, true);
         let mut counts = [0; 16];
         for _ in 0..16_000 {
             counts[keys.bucket_of(Uuid::new_v4())] += 1;
@@ -197,10 +207,22 @@ mod tests {
     }
 
     #[test]
-    fn one_bucket_keeps_every_daemon_in_one_slot() {
-        let keys = Keys::new("mg", 1);
+    fn one_bucket_on_a_cluster_keeps_every_daemon_in_one_slot() {
+        let keys = Keys::new("mg", 1, true);
         let a = slot(&keys.daemon(Uuid::new_v4()));
         assert_eq!(slot(&keys.daemon(Uuid::new_v4())), a);
         assert_eq!(keys.pod_channels("p").len(), 1);
+    }
+
+    #[test]
+    fn one_server_with_one_bucket_keeps_the_untagged_names() {
+        let keys = Keys::new("mg", 1, false);
+        let d = Uuid::nil();
+        assert_eq!(keys.daemon(d), format!("mg:daemon:{d}"));
+        assert_eq!(keys.reap(0), "mg:reap");
+        assert_eq!(keys.pod_channels("p"), vec!["mg:pod:p"]);
+        assert_eq!(keys.pod_event_channels("p"), vec!["mg:podev:p"]);
+        // Several buckets need tags even on one server (names must agree).
+        assert!(Keys::new("mg", 4, false).reap(0).starts_with("mg:{"));
     }
 }

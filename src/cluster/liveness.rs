@@ -20,11 +20,11 @@ use futures_util::future::join_all;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, Redis};
+use super::{hub::Hub, now_ms, Redis};
 use crate::metrics::Metrics;
 
 /// When each bucket's subscriptions last delivered a self-ping (ms since
-/// the epoch; the start time until the first one).
+/// the epoch; 0 until the first one).
 pub struct Liveness {
     commands: Vec<AtomicI64>,
     events: Vec<AtomicI64>,
@@ -88,6 +88,7 @@ impl Liveness {
 /// channel whose pings stopped coming back.
 pub async fn ping(
     redis: Arc<Redis>,
+    hub: Arc<Hub>,
     liveness: Arc<Liveness>,
     metrics: Arc<Metrics>,
     pod_id: String,
@@ -146,7 +147,7 @@ pub async fn ping(
         }
         if !silent_events.is_empty() {
             // Event channels of clients share those slots: take them all.
-            if let Err(e) = redis.resubscribe(&redis.events).await {
+            if let Err(e) = hub.resubscribe().await {
                 tracing::warn!(error = %e, "event channels resubscribe failed");
             }
         }

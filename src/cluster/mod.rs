@@ -137,7 +137,11 @@ impl Redis {
             client,
             subscriber,
             events,
-            keys: Keys::new(&config.redis_prefix, config.resolved_redis_buckets()),
+            keys: Keys::new(
+                &config.redis_prefix,
+                config.resolved_redis_buckets(),
+                mode.sharded(),
+            ),
             scripts: Scripts::new(),
             sharded: mode.sharded(),
         })

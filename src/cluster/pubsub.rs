@@ -27,7 +27,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::Redis;
+use super::{hub::Hub, Redis};
 use crate::metrics::Metrics;
 
 impl Redis {
@@ -93,12 +93,20 @@ impl Redis {
     /// Subscribes `subscriber` again to every channel it tracks. (fred's
     /// own `resubscribe_all` sends an empty `SUBSCRIBE` when only shard
     /// channels are tracked, which Redis refuses, and then stops.)
+    /// On a cluster every slot's group is tried even when one fails (its
+    /// node may be the one failing over); the first error is returned.
     pub async fn resubscribe(&self, subscriber: &SubscriberClient) -> Result<(), Error> {
         if self.sharded {
             let channels = subscriber.tracked_shard_channels();
             let by_slot = fred::util::group_by_hash_slot(channels.into_iter().map(Key::from))?;
+            let mut failed = None;
             for (_, channels) in by_slot {
-                subscriber.ssubscribe(Vec::from(channels)).await?;
+                if let Err(e) = subscriber.ssubscribe(Vec::from(channels)).await {
+                    failed.get_or_insert(e);
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
         } else {
             let channels: Vec<_> = subscriber.tracked_channels().into_iter().collect();
@@ -126,18 +134,30 @@ impl Redis {
             }
         })
     }
+}
 
-    /// Subscribes both subscriber connections again to everything they
-    /// track (after a topology change; harmless when nothing was lost).
-    pub async fn resubscribe_everything(&self, metrics: &Metrics, why: &str) {
-        metrics.pubsub_resubscribes.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(reason = why, "subscribing again to every channel");
-        for (name, subscriber) in [("commands", &self.subscriber), ("events", &self.events)] {
-            if let Err(e) = self.resubscribe(subscriber).await {
-                tracing::warn!(subscriber = name, error = %e, "resubscribe failed; the self-ping will retry");
-            }
+/// Subscribes both subscriber connections again to everything they track
+/// (after a topology change; harmless when nothing was lost). Returns
+/// whether everything was subscribed.
+pub async fn resubscribe_everything(
+    redis: &Redis,
+    hub: &Hub,
+    metrics: &Metrics,
+    why: &str,
+) -> bool {
+    metrics.pubsub_resubscribes.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(reason = why, "subscribing again to every channel");
+    let commands = redis
+        .resubscribe(&redis.subscriber)
+        .await
+        .map_err(crate::Error::from);
+    let events = hub.resubscribe().await;
+    for (name, outcome) in [("commands", &commands), ("events", &events)] {
+        if let Err(e) = outcome {
+            tracing::warn!(subscriber = name, error = %e, "resubscribe failed; will retry");
         }
     }
+    commands.is_ok() && events.is_ok()
 }
 
 /// On a cluster, whenever the slot map changes, brings both subscriber
@@ -155,6 +175,7 @@ impl Redis {
 /// slot moves away they are dropped with a `sunsubscribe` fred ignores.
 pub fn watch_topology(
     redis: Arc<Redis>,
+    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     poll: Duration,
     stop: CancellationToken,
@@ -167,6 +188,7 @@ pub fn watch_topology(
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_map: Option<Value> = None;
+        let mut retry = false;
         loop {
             let why = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -179,10 +201,13 @@ pub fn watch_topology(
                         continue;
                     };
                     let known = last_map.replace(map.clone());
-                    if known.is_none() || known == Some(map) {
+                    if retry {
+                        "retrying a resubscribe that failed"
+                    } else if known.is_none() || known == Some(map) {
                         continue;
+                    } else {
+                        "the slot map changed"
                     }
-                    "the slot map changed"
                 }
             };
             // One failover makes many commands bounce: handle them once.
@@ -195,7 +220,7 @@ pub fn watch_topology(
                     tracing::warn!(subscriber = name, error = %e, "cluster sync failed");
                 }
             }
-            redis.resubscribe_everything(&metrics, why).await;
+            retry = !resubscribe_everything(&redis, &hub, &metrics, why).await;
         }
     })
 }

@@ -111,6 +111,9 @@ pub struct Lease {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshOutcome {
     Refreshed,
+    /// Redis failed for this entry's bucket (e.g. its shard is failing
+    /// over): nothing is known; the next round tries again.
+    Unknown,
     /// The entry is gone (lease lapsed or Redis restarted): register again.
     Missing,
     /// A newer connection of the daemon exists elsewhere: close ours.
@@ -132,16 +135,22 @@ pub async fn register(redis: &Redis, entry: &DaemonEntry, lease: Lease) -> Resul
         redis.publish_command().to_owned(),
     ];
     args.extend(entry.fields());
-    // The owner index lives in another slot; both go out together.
+    // The owner index lives in another slot; both go out together. Only the
+    // registration decides: once it is done (and an older socket told to
+    // close), failing the caller would leave nobody holding the daemon. A
+    // missed index entry is written again by the next lease refresh.
     let ids = [entry.id];
-    let (replaced, ()) = tokio::try_join!(
+    let (replaced, indexed) = tokio::join!(
         redis
             .scripts
             .register
             .evalsha_with_reload::<Option<String>, _, _>(&redis.client, keys, args),
         index(redis, entry.owner_id, &ids, lease),
-    )?;
-    Ok(replaced.and_then(|c| c.parse().ok()))
+    );
+    if let Err(e) = indexed {
+        tracing::warn!(daemon_id = %entry.id, error = %e, "owner index not updated; the next lease refresh will");
+    }
+    Ok(replaced?.and_then(|c| c.parse().ok()))
 }
 
 /// Adds or refreshes daemons in their owner's listing index.
@@ -163,12 +172,14 @@ async fn index(redis: &Redis, owner_id: Uuid, daemons: &[Uuid], lease: Lease) ->
 
 /// Refreshes the leases of a pod's connections: `(daemon, owner, conn)`.
 /// One script call per registry bucket (its keys share a slot), then one
-/// index update per owner for the entries still ours; all concurrent.
+/// index update per owner for the entries still ours; all concurrent. A
+/// bucket whose call failed reports [`RefreshOutcome::Unknown`] for its
+/// entries (the others still count); index failures are only logged.
 pub async fn refresh(
     redis: &Redis,
     batch: &[(Uuid, Uuid, Uuid)],
     lease: Lease,
-) -> Result<Vec<RefreshOutcome>> {
+) -> Vec<RefreshOutcome> {
     let mut by_bucket: HashMap<usize, Vec<usize>> = HashMap::new();
     for (i, (daemon, _, _)) in batch.iter().enumerate() {
         by_bucket
@@ -188,16 +199,23 @@ pub async fn refresh(
             args.push(daemon.to_string());
             args.push(conn.to_string());
         }
-        let codes: Vec<i64> = redis
+        let codes: Result<Vec<i64>, Error> = redis
             .scripts
             .refresh
             .evalsha_with_reload(&redis.client, keys, args)
-            .await?;
-        Ok::<_, Error>(members.into_iter().zip(codes).collect::<Vec<_>>())
+            .await;
+        (members, codes)
     });
-    let mut outcomes = vec![RefreshOutcome::Missing; batch.len()];
-    for result in join_all(calls).await {
-        for (i, code) in result? {
+    let mut outcomes = vec![RefreshOutcome::Unknown; batch.len()];
+    for (members, codes) in join_all(calls).await {
+        let codes = match codes {
+            Ok(codes) => codes,
+            Err(e) => {
+                tracing::warn!(entries = members.len(), error = %e, "lease refresh of a bucket failed; will retry");
+                continue;
+            }
+        };
+        for (i, code) in members.into_iter().zip(codes) {
             outcomes[i] = match code {
                 1 => RefreshOutcome::Refreshed,
                 0 => RefreshOutcome::Missing,
@@ -217,19 +235,15 @@ pub async fn refresh(
             .map(|(owner, daemons)| index(redis, *owner, daemons, lease)),
     )
     .await;
-    indexed.into_iter().collect::<Result<(), Error>>()?;
-    Ok(outcomes)
+    if let Some(Err(e)) = indexed.into_iter().find(Result::is_err) {
+        tracing::warn!(error = %e, "owner index refresh failed; listings may miss daemons until the next round");
+    }
+    outcomes
 }
 
 /// Removes the entry if `conn` is still current and schedules the reaper.
 /// Returns whether it was current (i.e. the daemon is really gone now).
-pub async fn unregister(
-    redis: &Redis,
-    daemon_id: Uuid,
-    owner_id: Uuid,
-    conn: Uuid,
-    lease: Lease,
-) -> Result<bool> {
+pub async fn unregister(redis: &Redis, daemon_id: Uuid, conn: Uuid, lease: Lease) -> Result<bool> {
     let keys = vec![
         redis.keys.daemon(daemon_id),
         redis.keys.reap(redis.keys.bucket_of(daemon_id)),
@@ -244,14 +258,10 @@ pub async fn unregister(
         .unregister
         .evalsha_with_reload(&redis.client, keys, args)
         .await?;
-    if current == 1 {
-        // Only a listing hint: a failure here leaves a member whose entry is
-        // gone, which listing skips and the index's own deadline prunes.
-        let _: i64 = redis
-            .client
-            .zrem(redis.keys.owner_daemons(owner_id), daemon_id.to_string())
-            .await?;
-    }
+    // The owner index keeps the member until its deadline: removing it here
+    // (another slot, so not atomically) could remove the entry a new
+    // connection on another pod just wrote. Listing skips members whose
+    // registry entry is gone.
     Ok(current == 1)
 }
 

@@ -23,22 +23,19 @@ pub struct ToolKeyEntry {
 /// key's entry and the task's index are in different slots, so this is
 /// three commands, ordered so that concurrent registrations for one task
 /// leave exactly the last index writer's key alive: the entry first, then
-/// the index swapped (`SET … GET`), then the key it replaced revoked.
+/// the index swapped (`SET … GET`), then the key it replaced revoked. If a
+/// later step fails, the new entry is withdrawn again (best effort) so no
+/// key stays valid that revocation cannot find.
 pub async fn register(redis: &Redis, key: &str, entry: &ToolKeyEntry, ttl_ms: u64) -> Result<()> {
     let hash = hash_key(key);
     let json = serde_json::to_string(entry).map_err(|e| crate::Error::Internal(e.to_string()))?;
     let expiry = Some(Expiration::PX(ttl_ms as i64));
+    let entry_key = redis.keys.tool_key(&hash);
     let _: () = redis
         .client
-        .set(
-            redis.keys.tool_key(&hash),
-            json,
-            expiry.clone(),
-            None,
-            false,
-        )
+        .set(&entry_key, json, expiry.clone(), None, false)
         .await?;
-    let old: Option<String> = redis
+    let swapped: Result<Option<String>, _> = redis
         .client
         .set(
             redis.keys.tool_key_of_task(entry.task_id),
@@ -47,9 +44,21 @@ pub async fn register(redis: &Redis, key: &str, entry: &ToolKeyEntry, ttl_ms: u6
             None,
             true,
         )
-        .await?;
+        .await;
+    let old = match swapped {
+        Ok(old) => old,
+        Err(e) => {
+            let _: Result<i64, _> = redis.client.del(&entry_key).await;
+            return Err(e.into());
+        }
+    };
     if let Some(old) = old.filter(|old| *old != hash) {
-        let _: i64 = redis.client.del(redis.keys.tool_key(&old)).await?;
+        // The replaced key must stop working: one retry, then fail loudly.
+        let old_key = redis.keys.tool_key(&old);
+        let first: Result<i64, _> = redis.client.del(&old_key).await;
+        if first.is_err() {
+            let _: i64 = redis.client.del(&old_key).await?;
+        }
     }
     Ok(())
 }

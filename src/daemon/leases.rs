@@ -30,17 +30,12 @@ async fn refresh_once(state: &AppState) {
     let entries = state.conns.entries();
     for chunk in entries.chunks(BATCH) {
         let batch: Vec<_> = chunk.iter().map(|e| (e.id, e.owner_id, e.conn)).collect();
-        let outcomes = match registry::refresh(&state.redis, &batch, state.lease()).await {
-            Ok(o) => o,
-            Err(e) => {
-                Metrics::inc(&state.metrics.redis_errors);
-                tracing::warn!(error = %e, "lease refresh failed; will retry");
-                continue;
-            }
-        };
+        let outcomes = registry::refresh(&state.redis, &batch, state.lease()).await;
         for (entry, outcome) in chunk.iter().zip(outcomes) {
             match outcome {
                 RefreshOutcome::Refreshed => {}
+                // Logged per bucket by `refresh`; the next round retries.
+                RefreshOutcome::Unknown => Metrics::inc(&state.metrics.redis_errors),
                 RefreshOutcome::Missing => {
                     tracing::warn!(daemon_id = %entry.id, "registry entry missing; registering again");
                     if let Err(e) = registry::register(&state.redis, entry, state.lease()).await {

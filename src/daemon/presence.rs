@@ -200,14 +200,8 @@ pub async fn disconnected(s: &Session) {
     };
     s.state.conns.remove(s.conn);
     let owner_id = s.principal.owner_id;
-    let current = match registry::unregister(
-        &s.state.redis,
-        me.daemon_id,
-        owner_id,
-        s.conn,
-        s.state.lease(),
-    )
-    .await
+    let current = match registry::unregister(&s.state.redis, me.daemon_id, s.conn, s.state.lease())
+        .await
     {
         Ok(current) => current,
         Err(e) => {
