@@ -15,6 +15,17 @@ default_db_url=postgres://postgres@127.0.0.1:$PG_PORT/meshgate
 export DATABASE_URL=${DATABASE_URL:-$default_db_url}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:${MESHGATE_REDIS_PORT:-6379}}
 
+# MESHGATE_DEV_REDIS=cluster: a local three-primary Redis Cluster instead
+# (scripts/redis-cluster.sh, ports 7000-7005 or MESHGATE_DEV_CLUSTER_PORT;
+# restarted empty on each run, stopped by `scripts/redis-cluster.sh stop
+# .dev/redis-cluster`).
+if [[ ${MESHGATE_DEV_REDIS:-} == cluster ]]; then
+    cluster_port=${MESHGATE_DEV_CLUSTER_PORT:-7000}
+    log "starting a local Redis Cluster on 127.0.0.1:$cluster_port-$((cluster_port + 5))"
+    REDIS_URL=$(bash scripts/redis-cluster.sh start .dev/redis-cluster "$cluster_port")
+    export REDIS_URL
+fi
+
 PORT=${MESHGATE_LISTEN##*:}
 HOST=${MESHGATE_LISTEN%:*}
 case $HOST in

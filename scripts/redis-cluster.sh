@@ -113,9 +113,11 @@ check() {
     log "no node refused a command (no CROSSSLOT, ERR or MOVED)"
 }
 
+# redis-server changes into its --dir before writing its pid and log files:
+# every path it is given must be absolute.
 case ${1:-} in
-start) start "${2:?DIR}" "${3:?BASE_PORT}" ;;
-stop) stop "${2:?DIR}" ;;
+start) start "$(realpath -m "${2:?DIR}")" "${3:?BASE_PORT}" ;;
+stop) stop "$(realpath -m "${2:?DIR}")" ;;
 check) check "${2:?BASE_PORT}" ;;
 *) die "usage: $0 start DIR BASE_PORT | stop DIR | check BASE_PORT" ;;
 esac
