@@ -28,7 +28,8 @@ cargo test --all-targets ${locked[@]+"${locked[@]}"} 2>&1
 # 2. The integration suite again against a local three-primary Redis Cluster
 #    (sharded pub/sub), minus the tests that bring their own Redis anyway:
 #    outages:: (private redis-server instances), cluster:: (private
-#    clusters, failover, resharding) and sentinel:: (private Sentinel). Then every node must show that it refused nothing
+#    clusters, failover, resharding), sentinel:: (private Sentinel) and
+#    tls:: (private TLS-only redis-server). Then every node must show that it refused nothing
 #    (no CROSSSLOT, ERR or MOVED).
 cluster_port=${MESHGATE_TEST_CLUSTER_PORT:-7100}
 # A fixed directory per port: a run killed before its clean-up leaves its
@@ -38,5 +39,5 @@ trap 'bash scripts/redis-cluster.sh stop "$cluster_dir"; rm -rf "$cluster_dir"' 
 cluster_url=$(bash scripts/redis-cluster.sh start "$cluster_dir" "$cluster_port")
 echo "== integration suite against Redis Cluster $cluster_url"
 MESHGATE_TEST_REDIS_URL=$cluster_url cargo test ${locked[@]+"${locked[@]}"} --test it -- \
-    --skip outages:: --skip cluster:: --skip sentinel:: 2>&1
+    --skip outages:: --skip cluster:: --skip sentinel:: --skip tls:: 2>&1
 bash scripts/redis-cluster.sh check "$cluster_port"

@@ -93,6 +93,15 @@ pub struct Config {
     )]
     pub redis_mode: RedisMode,
 
+    /// PEM file of CA certificates trusted for TLS to Redis (`rediss://…`),
+    /// in addition to the system's.
+    #[arg(
+        long = "redis-tls-ca-file",
+        alias = "meshgate-redis-tls-ca-file",
+        env = "MESHGATE_REDIS_TLS_CA_FILE"
+    )]
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
+
     /// Registry buckets: a daemon's keys and its command channel share the
     /// hash slot of its bucket. Default 1 on one server, 16 on a cluster
     /// (at least the number of primaries). Every pod must use the same value.

@@ -20,6 +20,7 @@ pub mod reauth;
 pub mod registry;
 pub mod routing;
 pub mod tickets;
+pub mod tls;
 pub mod toolkeys;
 
 use std::time::Duration;
@@ -91,7 +92,11 @@ impl Redis {
     /// 32 messages and give up reconnecting), and connects them.
     pub async fn connect(config: &Config) -> crate::Result<Self> {
         let mode = config.resolved_redis_mode();
-        let mut redis_config = fred::types::config::Config::from_url(config.redis_url.expose())?;
+        let (url, tls) = tls::split_url(config.redis_url.expose());
+        let mut redis_config = fred::types::config::Config::from_url(&url)?;
+        if tls {
+            redis_config.tls = Some(tls::connector(config.redis_tls_ca_file.as_deref())?.into());
+        }
         if mode == RedisMode::Cluster {
             // `MESHGATE_REDIS_MODE=cluster` with a plain URL: a seed node.
             if let ServerConfig::Centralized { server } = &redis_config.server {

@@ -20,3 +20,4 @@ mod resources;
 mod routing;
 mod sentinel;
 mod tap;
+mod tls;
