@@ -5,7 +5,8 @@
 #              password (trust) over TCP;
 #   Redis      on 127.0.0.1:${MESHGATE_REDIS_PORT:-6379};
 # and that psql, redis-cli and redis-server are installed (the tests start
-# private redis-server instances on other loopback ports).
+# private redis-server instances, clusters and Sentinels on other loopback
+# ports), as are kubectl, haproxy and openssl (for the tests' TLS Redis).
 #
 # Installs the Debian packages when missing (apt-get), starts stopped
 # services (no systemd needed), and, when a TCP login as postgres needs a
@@ -124,6 +125,21 @@ if ! have haproxy && ! [[ -x /usr/sbin/haproxy ]]; then
     rm -f "$apt_log"
 fi
 # --- end of haproxy -------------------------------------------------------------
+
+# --- openssl (tests/it/tls.rs makes its CA and server certificate with it) ------
+if ! have openssl; then
+    have apt-get || die "openssl missing, and no apt-get to install it"
+    apt_log=$(mktemp -t meshgate-apt.XXXXXX)
+    log "installing openssl (apt-get, log: $apt_log)"
+    if ! priv env DEBIAN_FRONTEND=noninteractive apt-get update -q >"$apt_log" 2>&1 ||
+        ! priv env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends openssl >>"$apt_log" 2>&1; then
+        tail -n 20 "$apt_log" >&2
+        die "apt-get install openssl failed (full log: $apt_log)"
+    fi
+    rm -f "$apt_log"
+fi
+# --- end of openssl ---------------------------------------------------------------
 
 # --- fast path -------------------------------------------------------------
 if have psql && have redis-cli && have redis-server && pg_ok && redis_ok; then
