@@ -143,17 +143,9 @@ impl Hub {
         // After a reconnect, subscribe again (serialised with the janitor).
         let manager = {
             let hub = self.clone();
-            let mut reconnects = self.subscriber.reconnect_rx();
-            tokio::spawn(async move {
-                loop {
-                    match reconnects.recv().await {
-                        Ok(_) | Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return,
-                    }
-                    if let Err(e) = hub.resubscribe().await {
-                        tracing::error!(error = %e, "event hub resubscribe after reconnect failed; the self-ping will retry");
-                    }
-                }
+            super::pubsub::on_reconnect(&self.subscriber, move || {
+                let hub = hub.clone();
+                async move { hub.resubscribe().await }
             })
         };
         for channel in self.ping_channels.keys() {

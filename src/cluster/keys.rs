@@ -108,14 +108,9 @@ impl Keys {
         format!("{}:pending:{kind}:{task_id}", self.prefix)
     }
 
-    /// Prefix of tool key entries (followed by the key's SHA-256).
-    pub fn tool_key_prefix(&self) -> String {
-        format!("{}:toolkey:", self.prefix)
-    }
-
     /// A tool key entry by the key's SHA-256.
     pub fn tool_key(&self, hash: &str) -> String {
-        format!("{}{hash}", self.tool_key_prefix())
+        format!("{}:toolkey:{hash}", self.prefix)
     }
 
     /// Which key hash a task's tool key has.

@@ -13,7 +13,10 @@
 //! bucket and so spread over every primary, resubscribe a subscription that
 //! stopped delivering.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::{
+    future::Future,
+    sync::{atomic::Ordering, Arc},
+};
 
 use fred::{
     clients::{Pipeline, SubscriberClient},
@@ -116,25 +119,30 @@ impl Redis {
         }
         Ok(())
     }
-
-    /// Resubscribes `subscriber` after each of its reconnections (in place
-    /// of fred's `manage_subscriptions`, see [`Redis::resubscribe`]).
-    pub fn manage_subscriptions(self: &Arc<Self>, subscriber: &SubscriberClient) -> JoinHandle<()> {
-        let (redis, subscriber) = (self.clone(), subscriber.clone());
-        let mut reconnects = subscriber.reconnect_rx();
-        tokio::spawn(async move {
-            loop {
-                match reconnects.recv().await {
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                }
-                if let Err(e) = redis.resubscribe(&subscriber).await {
-                    tracing::error!(error = %e, "resubscribe after reconnect failed; the self-ping will retry");
-                }
-            }
-        })
-    }
 }
+
+/// Runs `resubscribe` after each reconnection of `subscriber` (in place of
+/// fred's `manage_subscriptions`, see [`Redis::resubscribe`]).
+pub fn on_reconnect<F, Fut>(subscriber: &SubscriberClient, resubscribe: F) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = crate::Result<()>> + Send,
+{
+    let mut reconnects = subscriber.reconnect_rx();
+    tokio::spawn(async move {
+        loop {
+            match reconnects.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+            if let Err(e) = resubscribe().await {
+                tracing::error!(error = %e, "resubscribe after reconnect failed; the self-ping will retry");
+            }
+        }
+    })
+}
+
+impl Redis {}
 
 /// Subscribes both subscriber connections again to everything they track
 /// (after a topology change; harmless when nothing was lost). Returns

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::{
     liveness::{Channel, Liveness},
-    pending, Redis,
+    pending, pubsub, Redis,
 };
 use crate::{
     daemon::connections::{Connections, DeliverError},
@@ -93,7 +93,13 @@ pub async fn listen(
 ) -> Result<JoinHandle<()>> {
     let mut rx = redis.subscriber.message_rx();
     let mut reconnects = redis.subscriber.reconnect_rx();
-    let manager = redis.manage_subscriptions(&redis.subscriber);
+    let manager = pubsub::on_reconnect(&redis.subscriber, {
+        let redis = redis.clone();
+        move || {
+            let redis = redis.clone();
+            async move { Ok(redis.resubscribe(&redis.subscriber).await?) }
+        }
+    });
     let channels: HashMap<String, usize> = redis
         .keys
         .pod_channels(pod_id)

@@ -23,16 +23,8 @@ use uuid::Uuid;
 
 use crate::{
     client::Daemon,
-    harness::{eventually, Api, TestEnv},
+    harness::{eventually, free_port, Api, TestEnv},
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts a pod; its log goes to `dir` (kept when the test fails).
 fn spawn_pod(env: &TestEnv, port: u16, dir: &std::path::Path) -> Child {

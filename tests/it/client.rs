@@ -155,3 +155,36 @@ impl Daemon {
 pub fn close_code(code: CloseCode) -> u16 {
     u16::from(code)
 }
+
+/// A `sendMessage` command carrying `text` (the task does not matter to
+/// routing).
+pub fn message(text: &str) -> meshgate::protocol::daemon::DaemonCommand {
+    meshgate::protocol::daemon::DaemonCommand::SendMessage {
+        task_id: Uuid::nil(),
+        message: text.into(),
+    }
+}
+
+/// A daemon's `taskOutput` frame with one raw line.
+pub fn output(task: Uuid, text: &str) -> Value {
+    json!({"type": "taskOutput", "taskId": task, "output": text, "isPartial": false})
+}
+
+/// Whether a command sent from `pod` now reaches the daemon (waits a little
+/// after a refusal so callers can retry in a loop).
+pub async fn command_arrives(pod: &meshgate::Pod, d: &mut Daemon, text: &str) -> bool {
+    let s = pod.state();
+    let sent =
+        meshgate::cluster::routing::send_command(&s.redis, &s.metrics, d.id(), &message(text))
+            .await;
+    if sent.is_err() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        return false;
+    }
+    while let Some(got) = d.try_recv(Duration::from_millis(500)).await {
+        if got["message"] == text {
+            return true;
+        }
+    }
+    false
+}

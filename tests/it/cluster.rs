@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::{
-    client::Daemon,
+    client::{message, output, Daemon},
     harness::{eventually, TestEnv},
 };
 
@@ -200,17 +200,6 @@ impl Watcher {
             }
         }
         out
-    }
-}
-
-fn output(task: Uuid, text: &str) -> Value {
-    json!({"type": "taskOutput", "taskId": task, "output": text, "isPartial": false})
-}
-
-fn message(text: &str) -> meshgate::protocol::daemon::DaemonCommand {
-    meshgate::protocol::daemon::DaemonCommand::SendMessage {
-        task_id: Uuid::nil(),
-        message: text.into(),
     }
 }
 

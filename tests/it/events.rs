@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValu
 use uuid::Uuid;
 
 use crate::{
-    client::{Daemon, Ws},
+    client::{output, Daemon, Ws},
     harness::{eventually, Api, TestEnv},
 };
 
@@ -76,12 +76,6 @@ impl Watcher {
     }
 }
 
-fn output(task: Uuid, text: &str) -> Value {
-    json!({"type": "taskOutput", "taskId": task, "output": text, "isPartial": false})
-}
-
-/// Subscribers of an event channel (on a cluster: of the shard channel, asked
-/// of the primary owning its slot).
 async fn numsub(env: &TestEnv, pod: &meshgate::Pod, channel: &str) -> i64 {
     let channel = format!("{}:{channel}", env.prefix);
     let (sub, slot) = if crate::harness::sharded() {

@@ -51,6 +51,15 @@ pub async fn redis_keys(client: &fred::clients::Client, pattern: &str) -> Vec<St
         .collect()
 }
 
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Replaces the database name of a PostgreSQL URL.
 fn with_db(url: &str, db: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("database URL has a path");

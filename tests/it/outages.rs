@@ -18,20 +18,11 @@ use tokio::{
     net::{TcpListener, TcpStream},
     process::{Child, Command},
 };
-use uuid::Uuid;
 
 use crate::{
-    client::Daemon,
-    harness::{eventually, TestEnv},
+    client::{command_arrives, message, Daemon},
+    harness::{eventually, free_port, TestEnv},
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A private redis-server for one test.
 struct PrivateRedis {
@@ -96,32 +87,6 @@ async fn ready(addr: std::net::SocketAddr) -> bool {
         Ok(r) => r.status().is_success(),
         Err(_) => false,
     }
-}
-
-fn message(text: &str) -> meshgate::protocol::daemon::DaemonCommand {
-    meshgate::protocol::daemon::DaemonCommand::SendMessage {
-        task_id: Uuid::nil(),
-        message: text.into(),
-    }
-}
-
-/// Whether a command sent now reaches the daemon (waits a little after a
-/// refusal so callers can retry in a loop).
-async fn command_arrives(pod: &meshgate::Pod, d: &mut Daemon, text: &str) -> bool {
-    let s = pod.state();
-    if meshgate::cluster::routing::send_command(&s.redis, &s.metrics, d.id(), &message(text))
-        .await
-        .is_err()
-    {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        return false;
-    }
-    while let Some(got) = d.try_recv(Duration::from_millis(500)).await {
-        if got["message"] == text {
-            return true;
-        }
-    }
-    false
 }
 
 #[tokio::test]

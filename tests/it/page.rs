@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use crate::{
-    client::{Daemon, Ws},
+    client::{output, Daemon, Ws},
     harness::{eventually, Api, TestEnv},
 };
 
@@ -383,10 +383,6 @@ async fn page_is_served(addr: std::net::SocketAddr) {
     }
 }
 
-fn output_line(task: Uuid, text: &str) -> Value {
-    json!({"type": "taskOutput", "taskId": task, "output": text, "isPartial": false})
-}
-
 /// The texts of the output lines on screen.
 const LINES: &str = "[...document.querySelectorAll('#output .line .text')].map(e => e.textContent)";
 
@@ -463,7 +459,7 @@ async fn ticket_link_shows_a_daemon_and_live_output() {
 
     let lines = ["first line", "second <b>line</b> & more", "third line"];
     for line in lines {
-        d.send(output_line(task, line)).await;
+        d.send(output(task, line)).await;
     }
     b.wait_for("the three output lines, in order", LINES, json!(lines))
         .await;
@@ -507,8 +503,8 @@ async fn pasted_key_reads_state_then_follows_and_survives_a_restart() {
     // Before the page opens: a daemon, a running task, two stored lines.
     let mut d = Daemon::connect(addr, &owner.key, "page-2").await;
     let task = env.task(owner.owner_id, "running", Some(d.id())).await;
-    d.send(output_line(task, "stored one")).await;
-    d.send(output_line(
+    d.send(output(task, "stored one")).await;
+    d.send(output(
         task,
         r#"{"type":"assistant","message":{"content":[{"type":"text","text":"stored two"}]}}"#,
     ))
@@ -576,8 +572,8 @@ async fn pasted_key_reads_state_then_follows_and_survives_a_restart() {
         json!(["stored one", "stored two"]),
     )
     .await;
-    d.send(output_line(task, "live three")).await;
-    d.send(output_line(task, "live four")).await;
+    d.send(output(task, "live three")).await;
+    d.send(output(task, "live four")).await;
     b.wait_for(
         "stored then live lines, once each",
         LINES,
@@ -609,7 +605,7 @@ async fn pasted_key_reads_state_then_follows_and_survives_a_restart() {
         .expect("second pod starts");
     // Output while the page was away: it must be re-read, not lost.
     let mut d = Daemon::connect(pod2.addr(), &owner.key, "page-2").await;
-    d.send(output_line(task, "while away five")).await;
+    d.send(output(task, "while away five")).await;
     b.wait_for_within(
         Duration::from_secs(40),
         "the page to reconnect with a new ticket",
@@ -629,7 +625,7 @@ async fn pasted_key_reads_state_then_follows_and_survives_a_restart() {
         ]),
     )
     .await;
-    d.send(output_line(task, "live six")).await;
+    d.send(output(task, "live six")).await;
     b.wait_for(
         "live lines after the reconnect",
         &format!("{LINES}.slice(-2)"),

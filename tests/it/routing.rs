@@ -5,14 +5,10 @@ use std::time::Duration;
 use meshgate::{cluster::routing::send_command, protocol::daemon::DaemonCommand, Error, Pod};
 use uuid::Uuid;
 
-use crate::{client::Daemon, harness::TestEnv};
-
-fn message(text: &str) -> DaemonCommand {
-    DaemonCommand::SendMessage {
-        task_id: Uuid::nil(),
-        message: text.into(),
-    }
-}
+use crate::{
+    client::{message, Daemon},
+    harness::TestEnv,
+};
 
 async fn send(pod: &Pod, daemon: Uuid, cmd: &DaemonCommand) -> meshgate::Result<()> {
     send_command(&pod.state().redis, &pod.state().metrics, daemon, cmd).await

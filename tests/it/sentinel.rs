@@ -8,17 +8,9 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::{
-    client::Daemon,
-    harness::{eventually, TestEnv},
+    client::{command_arrives, Daemon},
+    harness::{eventually, free_port, TestEnv},
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Sentinel {
     primary: u16,
@@ -128,31 +120,6 @@ impl Drop for Sentinel {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn message(text: &str) -> meshgate::protocol::daemon::DaemonCommand {
-    meshgate::protocol::daemon::DaemonCommand::SendMessage {
-        task_id: Uuid::nil(),
-        message: text.into(),
-    }
-}
-
-/// Whether a command sent from `pod` now reaches the daemon.
-async fn command_arrives(pod: &meshgate::Pod, d: &mut Daemon, text: &str) -> bool {
-    let s = pod.state();
-    let sent =
-        meshgate::cluster::routing::send_command(&s.redis, &s.metrics, d.id(), &message(text))
-            .await;
-    if sent.is_err() {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        return false;
-    }
-    while let Some(got) = d.try_recv(Duration::from_millis(500)).await {
-        if got["message"] == text {
-            return true;
-        }
-    }
-    false
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::{
-    client::Daemon,
+    client::{message, Daemon},
     harness::{eventually, TestEnv},
 };
 
@@ -172,11 +172,7 @@ async fn pods_route_commands_over_tls_to_redis_and_refuse_an_untrusted_server() 
     let owner = env.owner().await;
     let mut d = Daemon::connect(a.addr(), &owner.key, "m1").await;
     let s = b.state();
-    let command = meshgate::protocol::daemon::DaemonCommand::SendMessage {
-        task_id: Uuid::nil(),
-        message: "over tls".into(),
-    };
-    meshgate::cluster::routing::send_command(&s.redis, &s.metrics, d.id(), &command)
+    meshgate::cluster::routing::send_command(&s.redis, &s.metrics, d.id(), &message("over tls"))
         .await
         .expect("routed over TLS");
     let got = d.recv().await;
