@@ -132,9 +132,15 @@ impl Redis {
             })
             // Retry forever, 50 ms doubling up to 2 s.
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-        let client = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
         let events = builder.build_subscriber_client()?;
+        // fred gives every client eight broadcast channels of this capacity,
+        // allocated up front (~50 MB at 65,536). Only the subscribers need
+        // room for bursts of messages; the command client's channels carry
+        // a few connection events.
+        builder
+            .with_performance_config(|p| p.broadcast_channel_capacity = COMMAND_CLIENT_BROADCAST);
+        let client = builder.build()?;
         client.init().await?;
         subscriber.init().await?;
         events.init().await?;
@@ -172,6 +178,9 @@ impl Redis {
         let _ = self.client.quit().await;
     }
 }
+
+/// Broadcast capacity of the command client (see `Redis::connect`).
+const COMMAND_CLIENT_BROADCAST: usize = 256;
 
 /// Current time in milliseconds since the epoch, as stored in the registry.
 pub fn now_ms() -> i64 {

@@ -7,10 +7,10 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::outbox;
 use crate::cluster::registry::DaemonEntry;
 
 /// One registered socket.
@@ -19,7 +19,7 @@ pub struct LocalConn {
     /// lost it.
     pub entry: DaemonEntry,
     /// Commands (already serialised JSON) waiting to be written.
-    pub tx: mpsc::Sender<String>,
+    pub tx: outbox::Sender,
     /// Cancelled to close the socket (replaced by a newer connection).
     pub close: CancellationToken,
 }
@@ -67,8 +67,8 @@ impl Connections {
         let local = map.get(&conn).filter(|l| l.entry.id == daemon_id);
         let local = local.ok_or(DeliverError::Gone)?;
         local.tx.try_send(json).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => DeliverError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => DeliverError::Gone,
+            outbox::PushError::Full => DeliverError::QueueFull,
+            outbox::PushError::Closed => DeliverError::Gone,
         })
     }
 

@@ -10,6 +10,7 @@ pub mod git;
 pub mod keys;
 pub mod leases;
 pub mod lifecycle;
+pub mod outbox;
 pub mod output;
 pub mod presence;
 pub mod replies;

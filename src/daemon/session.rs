@@ -8,11 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{files, git, keys, lifecycle, output, presence, replies, supervisor};
+use super::{files, git, keys, lifecycle, outbox, output, presence, replies, supervisor};
 use crate::{
     auth::Principal,
     cluster::{
@@ -58,7 +57,7 @@ pub struct Session {
     pub registered: Option<Registered>,
     /// Sender half of the socket's command queue, handed to the local
     /// connection table at registration.
-    pub tx: mpsc::Sender<String>,
+    pub tx: outbox::Sender,
     pub close: CancellationToken,
     /// Tasks recently confirmed as this daemon's (for the output hot path).
     owned: HashMap<Uuid, (TaskRef, Instant)>,
@@ -118,7 +117,7 @@ impl Session {
     pub fn new(
         state: AppState,
         principal: Principal,
-        tx: mpsc::Sender<String>,
+        tx: outbox::Sender,
         close: CancellationToken,
     ) -> Self {
         Self {

@@ -3,11 +3,10 @@
 
 use futures_util::{SinkExt, StreamExt};
 use poem::web::websocket::{CloseCode, Message, WebSocketStream};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    presence,
+    outbox, presence,
     session::{error, Session, Step},
 };
 use crate::{auth::Principal, protocol::daemon::DaemonCommand, state::AppState};
@@ -33,6 +32,29 @@ impl Drop for Alive {
     }
 }
 
+/// What woke the socket loop.
+enum Wake {
+    Ping,
+    Commands(String),
+    Frame(Option<std::io::Result<Message>>),
+}
+
+/// A step's reply as JSON, and whether the socket closes after it.
+fn encode(step: Step) -> Option<(String, bool)> {
+    let (cmd, close) = match step {
+        Step::Nothing => return None,
+        Step::Reply(cmd) => (cmd, false),
+        Step::ReplyAndClose(cmd) => (cmd, true),
+    };
+    match serde_json::to_string(&cmd) {
+        Ok(json) => Some((json, close)),
+        Err(e) => {
+            tracing::error!(error = %e, "reply not encoded");
+            None
+        }
+    }
+}
+
 /// Why the loop ended.
 enum End {
     /// The daemon closed, or the socket failed.
@@ -46,10 +68,19 @@ enum End {
 }
 
 /// Serves one authenticated daemon socket until it ends.
-pub async fn serve(ws: WebSocketStream, state: AppState, principal: Principal) {
-    let _alive = Alive::new(&state.lifecycle.sockets);
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<String>(state.config.daemon_queue);
+///
+/// Not an `async fn`: its arguments would stay in the future, unused, for
+/// the socket's whole life. The future holds only what the loop needs.
+pub fn serve(
+    ws: WebSocketStream,
+    state: AppState,
+    principal: Principal,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let alive = Alive::new(&state.lifecycle.sockets);
+    // Not split: the select reads, the work after it writes, never both at
+    // once (a split would put the stream behind a lock in its own Arc).
+    let mut sink = ws;
+    let (tx, mut rx) = outbox::channel(state.config.daemon_queue);
     let close = CancellationToken::new();
     let life = state.lifecycle.clone();
     let ping_every = state.config.daemon_ping();
@@ -59,59 +90,74 @@ pub async fn serve(ws: WebSocketStream, state: AppState, principal: Principal) {
     // it after three intervals without any frame.
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_seen = tokio::time::Instant::now();
-
-    let end = loop {
-        tokio::select! {
-            biased;
-            // A crash: no goodbye and no cleanup (used to simulate SIGKILL).
-            _ = life.kill.cancelled() => return,
-            // Registered sockets are closed by the pod in batches when it
-            // drains (see `Pod::shutdown`), through the same token.
-            _ = close.cancelled() => break if life.is_draining() { End::Drain } else { End::Replaced },
-            // Sockets that never registered just go when the pod drains.
-            _ = life.drain.cancelled(), if session.registered.is_none() => break End::Drain,
-            _ = ping.tick() => {
-                if last_seen.elapsed() > ping_every * 3 {
-                    tracing::warn!(daemon_id = ?session.registered.as_ref().map(|r| r.daemon_id), "daemon silent for three ping intervals; closing");
-                    break End::Gone;
-                }
-                if sink.send(Message::Ping(Vec::new())).await.is_err() {
-                    break End::Gone;
-                }
-            }
-            Some(first) = rx.recv() => {
-                if write_commands(&mut sink, first, &mut rx).await.is_err() {
-                    break End::Gone;
-                }
-            }
-            frame = stream.next() => {
-                last_seen = tokio::time::Instant::now();
-                let step = match frame {
-                    // Boxed: the largest handler's state would otherwise sit inline in
-                    // every idle socket's task (bench/RESULTS.md, idle).
-                    Some(Ok(Message::Text(text))) => Box::pin(session.on_text(&text)).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        Step::Reply(error("PARSE_ERROR", "frames must be text holding one JSON object"))
+    async move {
+        let _alive = alive;
+        let end = loop {
+            // The select only says what woke the socket; the work (and its
+            // awaits) comes after it, when the branch futures are gone, so the
+            // task's state holds one or the other, never both.
+            let wake = tokio::select! {
+                biased;
+                // A crash: no goodbye and no cleanup (used to simulate SIGKILL).
+                _ = life.kill.cancelled() => return,
+                // Registered sockets are closed by the pod in batches when it
+                // drains (see `Pod::shutdown`), through the same token.
+                _ = close.cancelled() => break if life.is_draining() { End::Drain } else { End::Replaced },
+                // Sockets that never registered just go when the pod drains.
+                _ = life.drain.cancelled(), if session.registered.is_none() => break End::Drain,
+                _ = ping.tick() => Wake::Ping,
+                first = rx.recv() => Wake::Commands(first),
+                frame = sink.next() => Wake::Frame(frame),
+            };
+            let outcome = match wake {
+                Wake::Ping => {
+                    if last_seen.elapsed() > ping_every * 3 {
+                        tracing::warn!(daemon_id = ?session.registered.as_ref().map(|r| r.daemon_id), "daemon silent for three ping intervals; closing");
+                        break End::Gone;
                     }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
-                    Some(Ok(_)) => Step::Nothing, // ping/pong: answered by the library
-                };
-                match step {
-                    Step::Nothing => {}
-                    Step::Reply(cmd) => {
-                        if send(&mut sink, &cmd).await.is_err() {
-                            break End::Gone;
+                    sink.send(Message::Ping(Vec::new())).await.map_err(|_| ())
+                }
+                Wake::Commands(first) => write_commands(&mut sink, first, &mut rx).await,
+                Wake::Frame(frame) => {
+                    last_seen = tokio::time::Instant::now();
+                    let step = match frame {
+                        // Boxed: the largest handler's state would otherwise sit inline in
+                        // every idle socket's task (bench/RESULTS.md, idle).
+                        Some(Ok(Message::Text(text))) => Box::pin(session.on_text(&text)).await,
+                        Some(Ok(Message::Binary(_))) => Step::Reply(error(
+                            "PARSE_ERROR",
+                            "frames must be text holding one JSON object",
+                        )),
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Gone,
+                        Some(Ok(_)) => Step::Nothing, // ping/pong: answered by the library
+                    };
+                    // Encoded before the write, so no command is held across it.
+                    match encode(step) {
+                        None => Ok(()),
+                        Some((json, false)) => sink.send(Message::Text(json)).await.map_err(|_| ()),
+                        Some((json, true)) => {
+                            let _ = sink.send(Message::Text(json)).await;
+                            break End::Closed;
                         }
                     }
-                    Step::ReplyAndClose(cmd) => {
-                        let _ = send(&mut sink, &cmd).await;
-                        break End::Closed;
-                    }
                 }
+            };
+            if outcome.is_err() {
+                break End::Gone;
             }
-        }
-    };
+        };
 
+        // The rest runs once per socket: boxed, so its state is not part of
+        // every idle socket's task (bench/RESULTS.md, idle).
+        Box::pin(finish(end, sink, session)).await;
+    }
+}
+
+/// Says goodbye as `end` asks, then cleans up the registration.
+async fn finish<S>(end: End, mut sink: S, session: Session)
+where
+    S: SinkExt<Message> + Unpin,
+{
     let goodbye = match end {
         End::Gone => None,
         End::Closed => Some((CloseCode::Again, "try again later")),
@@ -142,19 +188,15 @@ where
 }
 
 /// Writes `first` and whatever else is already queued, then flushes once.
-async fn write_commands<S>(
-    sink: &mut S,
-    first: String,
-    rx: &mut mpsc::Receiver<String>,
-) -> Result<(), ()>
+async fn write_commands<S>(sink: &mut S, first: String, rx: &mut outbox::Receiver) -> Result<(), ()>
 where
     S: SinkExt<Message> + Unpin,
 {
     sink.feed(Message::Text(first)).await.map_err(|_| ())?;
     for _ in 1..WRITE_BATCH {
         match rx.try_recv() {
-            Ok(next) => sink.feed(Message::Text(next)).await.map_err(|_| ())?,
-            Err(_) => break,
+            Some(next) => sink.feed(Message::Text(next)).await.map_err(|_| ())?,
+            None => break,
         }
     }
     sink.flush().await.map_err(|_| ())

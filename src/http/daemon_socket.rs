@@ -78,7 +78,7 @@ pub async fn connect(req: &Request, ws: WebSocket, Data(state): Data<&AppState>)
     let max = state.config.max_frame_bytes;
     // Small buffers: most daemons are idle most of the time.
     let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         // Bounded: a daemon that stops reading fills its command queue
         // instead of this buffer growing without limit.
@@ -87,6 +87,11 @@ pub async fn connect(req: &Request, ws: WebSocket, Data(state): Data<&AppState>)
         .max_frame_size(Some(max));
     let state = state.clone();
     ws.config(config)
-        .on_upgrade(move |socket| daemon::socket::serve(socket, state, principal))
+        // A task of its own: poem's upgrade task would otherwise hold our
+        // loop inside its own (larger) state for the socket's whole life.
+        .on_upgrade(move |socket| {
+            tokio::spawn(daemon::socket::serve(socket, state, principal));
+            std::future::ready(())
+        })
         .into_response()
 }
