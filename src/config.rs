@@ -204,6 +204,17 @@ pub struct Config {
     )]
     pub output_queue: usize,
 
+    /// How long a pod trusts its cached task → (owner, daemon) when sending
+    /// a command to a task; changes are announced to every pod at once, this
+    /// bounds an entry whose announcement was lost. 0 turns the cache off.
+    #[arg(
+        long = "task-route-cache-ms",
+        alias = "meshgate-task-route-cache-ms",
+        env = "MESHGATE_TASK_ROUTE_CACHE_MS",
+        default_value_t = 2_000
+    )]
+    pub task_route_cache_ms: u64,
+
     /// Output writers per pod (each stores its share of the tasks' lines
     /// in batches; one PostgreSQL round trip at a time each).
     #[arg(
@@ -449,6 +460,10 @@ impl Config {
 
     pub fn dispatch_sweep(&self) -> Duration {
         Duration::from_millis(self.dispatch_sweep_ms.max(1))
+    }
+
+    pub fn task_route_cache(&self) -> Duration {
+        Duration::from_millis(self.task_route_cache_ms)
     }
 
     pub fn daemon_ping(&self) -> Duration {

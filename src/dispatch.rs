@@ -20,7 +20,7 @@ use crate::{
     cluster::{
         events::{self, Audience},
         registry::{self, DaemonEntry},
-        routing,
+        routing, task_routes,
     },
     db::{self, dispatch::PendingTask},
     metrics::Metrics,
@@ -127,6 +127,7 @@ pub async fn dispatch_owner(state: &AppState, owner_id: Uuid, wait: bool) -> Res
     tx.commit().await?;
     let sent = assigned.len();
     for (task, daemon_id, version) in assigned {
+        task_routes::forget(&state.redis, &state.task_routes, &state.metrics, task.id).await;
         spawn(state, owner_id, task, daemon_id, version).await;
     }
     Ok(sent)
@@ -184,6 +185,8 @@ async fn spawn(state: &AppState, owner_id: Uuid, task: PendingTask, daemon_id: U
             tracing::warn!(task_id = %task.id, %daemon_id, error = %e, "spawnTask not delivered; task back to pending");
             match db::dispatch::unassign(&state.db, task.id, daemon_id).await {
                 Ok(Some(v)) => {
+                    task_routes::forget(&state.redis, &state.task_routes, &state.metrics, task.id)
+                        .await;
                     let event = updated(task.id, v, "pending");
                     events::publish_can_fail(&state.redis, audience, &event).await;
                 }

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cluster::{reaper, routing, Redis},
+    cluster::{reaper, routing, task_routes::TaskRoutes, Redis},
     daemon::{connections::Connections, leases},
     dispatch::Dispatcher,
     ingest::OutputQueue,
@@ -88,6 +88,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         stop_background.clone(),
     );
     let auth_cache = auth::AuthCache::new(Duration::from_millis(config.auth_cache_ms));
+    let task_routes = Arc::new(TaskRoutes::new(config.task_route_cache()));
     let state = AppState {
         config: Arc::new(config),
         pod_id: pod_id.clone(),
@@ -100,20 +101,12 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         metrics,
         key_usage,
         auth: Arc::new(auth_cache),
+        task_routes,
         outputs,
         dispatcher,
         lifecycle: Lifecycle::default(),
     };
-    let listen_task = routing::listen(
-        redis.clone(),
-        state.conns.clone(),
-        state.waiters.clone(),
-        liveness.clone(),
-        state.metrics.clone(),
-        &pod_id,
-        stop_background.clone(),
-    )
-    .await?;
+    let listen_task = routing::listen(&state, stop_background.clone()).await?;
     let background = vec![
         key_usage_task,
         output_task,

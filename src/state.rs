@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::AuthCache,
-    cluster::{hub::Hub, liveness::Liveness, pending::Waiters, registry::Lease, Redis},
+    cluster::{
+        hub::Hub, liveness::Liveness, pending::Waiters, registry::Lease, task_routes::TaskRoutes,
+        Redis,
+    },
     config::Config,
     daemon::connections::Connections,
     dispatch::Dispatcher,
@@ -37,6 +40,8 @@ pub struct AppState {
     pub key_usage: KeyUsage,
     /// API key lookups, cached briefly.
     pub auth: Arc<AuthCache>,
+    /// Task → (owner, daemon), cached briefly for commands sent to tasks.
+    pub task_routes: Arc<TaskRoutes>,
     /// Batched persistence and publication of task output.
     pub outputs: OutputQueue,
     /// Kicks this pod's dispatcher.

@@ -128,6 +128,11 @@ impl Keys {
         format!("{}:ticket:{hash}", self.prefix)
     }
 
+    /// Announcements that a task's daemon changed (every pod listens).
+    pub fn task_routes(&self) -> String {
+        format!("{}:taskroutes", self.prefix)
+    }
+
     /// Events of one owner (task updates, files, daemon presence).
     pub fn owner_events(&self, owner_id: Uuid) -> String {
         format!("{}:ev:owner:{owner_id}", self.prefix)

@@ -19,6 +19,7 @@ pub mod reaper;
 pub mod reauth;
 pub mod registry;
 pub mod routing;
+pub mod task_routes;
 pub mod tickets;
 pub mod tls;
 pub mod toolkeys;

@@ -11,7 +11,10 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::events::{self, Audience};
+use super::{
+    events::{self, Audience},
+    task_routes,
+};
 use crate::{db, metrics::Metrics, protocol::client::ClientEvent, state::AppState, Result};
 
 /// Daemons claimed per round.
@@ -113,6 +116,7 @@ async fn cleanup(state: &AppState, daemon_id: Uuid) -> Result<()> {
         state.dispatcher.kick(first.owner_id);
     }
     for task in changes {
+        task_routes::forget(&state.redis, &state.task_routes, &state.metrics, task.id).await;
         Metrics::inc(&state.metrics.tasks_retried);
         tracing::info!(
             task_id = %task.id, daemon_id = %daemon_id, owner_id = %task.owner_id,

@@ -7,24 +7,19 @@
 //! The holding pod's [`listen`] loop hands the command to the socket if the
 //! connection id still matches.
 
-use std::{
-    collections::HashMap,
-    sync::{atomic::Ordering, Arc},
-};
+use std::{collections::HashMap, sync::atomic::Ordering};
 
 use fred::{prelude::*, types::Value};
 use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{
-    liveness::{Channel, Liveness},
-    pending, pubsub, Redis,
-};
+use super::{liveness::Channel, pending, pubsub, Redis};
 use crate::{
     daemon::connections::{Connections, DeliverError},
     metrics::Metrics,
     protocol::daemon::DaemonCommand,
+    state::AppState,
     Error, Result,
 };
 
@@ -82,15 +77,13 @@ async fn route(redis: &Redis, metrics: &Metrics, daemon_id: Uuid, payload: Strin
 /// dispatches what arrives to local sockets until `stop` is cancelled.
 /// Subscriptions are renewed after a reconnect (see [`super::pubsub`]);
 /// messages lost while lagging are counted.
-pub async fn listen(
-    redis: Arc<Redis>,
-    conns: Arc<Connections>,
-    waiters: Arc<pending::Waiters>,
-    liveness: Arc<Liveness>,
-    metrics: Arc<Metrics>,
-    pod_id: &str,
-    stop: CancellationToken,
-) -> Result<JoinHandle<()>> {
+pub async fn listen(state: &AppState, stop: CancellationToken) -> Result<JoinHandle<()>> {
+    let redis = state.redis.clone();
+    let conns = state.conns.clone();
+    let waiters = state.waiters.clone();
+    let liveness = state.liveness.clone();
+    let metrics = state.metrics.clone();
+    let routes = state.task_routes.clone();
     let mut rx = redis.subscriber.message_rx();
     let mut reconnects = redis.subscriber.reconnect_rx();
     let manager = pubsub::on_reconnect(&redis.subscriber, {
@@ -102,7 +95,7 @@ pub async fn listen(
     });
     let channels: HashMap<String, usize> = redis
         .keys
-        .pod_channels(pod_id)
+        .pod_channels(&state.pod_id)
         .into_iter()
         .enumerate()
         .map(|(b, c)| (c, b))
@@ -110,6 +103,8 @@ pub async fn listen(
     for channel in channels.keys() {
         redis.subscribe(&redis.subscriber, channel).await?;
     }
+    let routes_channel = redis.keys.task_routes();
+    redis.subscribe(&redis.subscriber, &routes_channel).await?;
     Ok(tokio::spawn(async move {
         loop {
             let msg = tokio::select! {
@@ -119,6 +114,8 @@ pub async fn listen(
                     // subscriber was gone is lost; Redis cannot say how much.
                     Metrics::inc(&metrics.pubsub_reconnects);
                     tracing::error!("command subscriber reconnected; commands published meanwhile were lost");
+                    // So may be announcements of task route changes.
+                    routes.clear();
                     continue;
                 }
                 msg = rx.recv() => msg,
@@ -126,6 +123,9 @@ pub async fn listen(
             match msg {
                 Ok(msg) => {
                     let Some(&bucket) = channels.get(&*msg.channel) else {
+                        if *msg.channel == *routes_channel {
+                            routes.on_message(msg.value.as_str().as_deref().unwrap_or(""));
+                        }
                         continue;
                     };
                     if msg.value.as_str().is_some_and(|t| t.starts_with("P|")) {
@@ -135,6 +135,7 @@ pub async fn listen(
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
+                    routes.clear();
                     metrics.pubsub_messages_lost.fetch_add(n, Ordering::Relaxed);
                     tracing::error!(
                         lost = n,

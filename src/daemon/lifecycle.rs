@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::session::{error, task_not_found, Ctx, Step};
 use crate::{
-    cluster::toolkeys,
+    cluster::{task_routes, toolkeys},
     db::{
         contracts::{self, PrReadiness},
         directives::{self, Advanced},
@@ -360,6 +360,8 @@ pub async fn task_recovery_detected(ctx: &Ctx<'_>, task: TaskRef, m: TaskRecover
         }
         Err(e) => return ctx.db_failed("taskRecoveryDetected", &e),
     };
+    let state = ctx.state;
+    task_routes::forget(&state.redis, &state.task_routes, &state.metrics, change.id).await;
     if change.status == "failed" {
         fields.extend(["completed_at", "error_message"]);
     }

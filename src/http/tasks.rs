@@ -282,6 +282,21 @@ pub async fn owned_task(
         .ok_or_else(|| ApiError::not_found("task"))
 }
 
+/// The daemon a task of `owner_id` is assigned to: from this pod's short
+/// cache when it holds the task (`cluster::task_routes`), else from
+/// PostgreSQL (then cached). 404 for an unknown or another owner's task, 409
+/// when it has no daemon.
+async fn task_daemon(state: &AppState, owner_id: Uuid, task_id: Uuid) -> Result<Uuid, ApiError> {
+    if let Some(daemon) = state.task_routes.get(owner_id, task_id) {
+        return Ok(daemon);
+    }
+    let mark = state.task_routes.mark();
+    let task = owned_task(state, owner_id, task_id).await?;
+    let daemon = task.daemon_id.ok_or_else(ApiError::daemon_offline)?;
+    state.task_routes.store(mark, owner_id, task_id, daemon);
+    Ok(daemon)
+}
+
 /// Fire-and-forget: 202 once a replica holding the task's daemon got the
 /// command, 409 when no replica holds it.
 pub async fn send_to_task(
@@ -290,8 +305,7 @@ pub async fn send_to_task(
     task_id: Uuid,
     command: DaemonCommand,
 ) -> Result<Accepted, ApiError> {
-    let task = owned_task(state, owner_id, task_id).await?;
-    let daemon = task.daemon_id.ok_or_else(ApiError::daemon_offline)?;
+    let daemon = task_daemon(state, owner_id, task_id).await?;
     match routing::send_command(&state.redis, &state.metrics, daemon, &command).await {
         Ok(()) => Ok(Accepted::Accepted),
         Err(Error::DaemonOffline(_)) => Err(ApiError::daemon_offline()),

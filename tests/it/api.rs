@@ -180,6 +180,63 @@ async fn task_of_a_daemon_gone_past_grace_goes_to_another_daemon_with_its_checkp
     assert_ne!(first_id, second.id());
 }
 
+/// Pods cache which daemon a task is on for commands sent to it; here the
+/// cache would trust an entry for ten minutes, so only the announcement of
+/// the change (`cluster::task_routes`) can make both other pods send the
+/// next message to the task's new daemon at once, instead of answering 409
+/// for the old daemon that is gone.
+#[tokio::test]
+async fn commands_follow_a_task_to_its_new_daemon_on_every_pod_at_once() {
+    let env = TestEnv::new().await;
+    let long_cache = ["--task-route-cache-ms=600000"];
+    let a = env.pod_with(&long_cache).await;
+    let b = env.pod_with(&long_cache).await;
+    let c = env.pod_with(&long_cache).await;
+    let owner = env.owner().await;
+    let mut first = Daemon::connect(a.addr(), &owner.key, "first").await;
+    let (via_b, via_c) = (
+        Api::new(b.addr(), &owner.key),
+        Api::new(c.addr(), &owner.key),
+    );
+    let (_, task) = via_b
+        .post("/api/v1/mesh/tasks", json!({"name": "t", "plan": "p"}))
+        .await;
+    let id = uuid(&task["id"]);
+    assert_eq!(first.recv().await["type"], "spawnTask");
+    let message = format!("/api/v1/mesh/tasks/{id}/message");
+    for (api, text) in [(&via_b, "b1"), (&via_c, "c1"), (&via_b, "b2")] {
+        assert_eq!(api.post(&message, json!({"message": text})).await.0, 202);
+        assert_eq!(first.recv().await["message"], text);
+    }
+    // Another owner's key never gets the cached route.
+    let stranger = env.owner().await;
+    let (status, body) = Api::new(b.addr(), &stranger.key)
+        .post(&message, json!({"message": "x"}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "{body}"
+    );
+
+    drop(first);
+    let mut second = Daemon::connect(c.addr(), &owner.key, "second").await;
+    let spawn = second
+        .try_recv(Duration::from_secs(10))
+        .await
+        .expect("re-dispatched after the grace period");
+    assert_eq!(spawn["taskId"], json!(id));
+    for (api, text) in [(&via_b, "b3"), (&via_c, "c3")] {
+        let (status, body) = api.post(&message, json!({"message": text})).await;
+        assert_eq!(status, 202, "{text}: {body}");
+        let got = second.try_recv(Duration::from_secs(5)).await.expect(text);
+        assert_eq!(
+            (got["type"].as_str(), got["message"].as_str()),
+            (Some("sendMessage"), Some(text))
+        );
+    }
+}
+
 /// Answers every waiting command the way a daemon would.
 async fn answer_calls(mut d: Daemon, fail: bool) {
     while let Some(cmd) = d.try_recv(Duration::from_secs(10)).await {
