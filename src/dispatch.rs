@@ -127,7 +127,8 @@ pub async fn dispatch_owner(state: &AppState, owner_id: Uuid, wait: bool) -> Res
     tx.commit().await?;
     let sent = assigned.len();
     for (task, daemon_id, version) in assigned {
-        task_routes::forget(&state.redis, &state.task_routes, &state.metrics, task.id).await;
+        // Only this pod's entry (see `task_routes`: releases are announced).
+        state.task_routes.drop_task(task.id);
         spawn(state, owner_id, task, daemon_id, version).await;
     }
     Ok(sent)

@@ -88,7 +88,10 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         stop_background.clone(),
     );
     let auth_cache = auth::AuthCache::new(Duration::from_millis(config.auth_cache_ms));
-    let task_routes = Arc::new(TaskRoutes::new(config.task_route_cache()));
+    let task_routes = Arc::new(TaskRoutes::new(
+        config.task_route_cache(),
+        redis.resubscribed.clone(),
+    ));
     let state = AppState {
         config: Arc::new(config),
         pod_id: pod_id.clone(),

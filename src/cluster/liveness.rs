@@ -137,12 +137,24 @@ pub async fn ping(
             event_buckets = ?silent_events,
             "self-pings are not coming back; subscribing again"
         );
-        for b in silent_commands {
-            if let Err(e) = redis
-                .subscribe(&redis.subscriber, &command_channels[b])
-                .await
-            {
-                tracing::warn!(bucket = b, error = %e, "command channel resubscribe failed");
+        if !silent_commands.is_empty() {
+            // The task route announcements travel on the same subscriber
+            // and are not self-pinged: renew that too, and count it.
+            let routes = redis.keys.task_routes();
+            let renewed = redis.subscribe(&redis.subscriber, &routes).await;
+            if let Err(e) = &renewed {
+                tracing::warn!(error = %e, "task routes channel resubscribe failed");
+            }
+            for &b in &silent_commands {
+                if let Err(e) = redis
+                    .subscribe(&redis.subscriber, &command_channels[b])
+                    .await
+                {
+                    tracing::warn!(bucket = b, error = %e, "command channel resubscribe failed");
+                }
+            }
+            if renewed.is_ok() {
+                redis.resubscribed.fetch_add(1, Ordering::SeqCst);
             }
         }
         if !silent_events.is_empty() {

@@ -85,6 +85,10 @@ pub struct Redis {
     pub scripts: Scripts,
     /// Sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`): on Redis Cluster.
     pub sharded: bool,
+    /// Counts subscriptions renewed (after a reconnect, a topology change or
+    /// a silent channel): messages published before may have been missed,
+    /// so what was learnt from them is stale (see [`task_routes`]).
+    pub resubscribed: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Redis {
@@ -156,6 +160,7 @@ impl Redis {
             ),
             scripts: Scripts::new(),
             sharded: mode.sharded(),
+            resubscribed: Default::default(),
         })
     }
 

@@ -117,6 +117,7 @@ impl Redis {
                 subscriber.subscribe(channels).await?;
             }
         }
+        self.resubscribed.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }

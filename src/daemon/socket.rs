@@ -39,20 +39,18 @@ enum Wake {
     Frame(Option<std::io::Result<Message>>),
 }
 
-/// A step's reply as JSON, and whether the socket closes after it.
-fn encode(step: Step) -> Option<(String, bool)> {
+/// A step's reply as JSON (`Err` if it could not be encoded: the socket
+/// ends, as when a write fails), and whether the socket closes after it.
+fn encode(step: Step) -> Option<(Result<String, ()>, bool)> {
     let (cmd, close) = match step {
         Step::Nothing => return None,
         Step::Reply(cmd) => (cmd, false),
         Step::ReplyAndClose(cmd) => (cmd, true),
     };
-    match serde_json::to_string(&cmd) {
-        Ok(json) => Some((json, close)),
-        Err(e) => {
-            tracing::error!(error = %e, "reply not encoded");
-            None
-        }
-    }
+    let json = serde_json::to_string(&cmd).map_err(|e| {
+        tracing::error!(error = %e, "reply not encoded");
+    });
+    Some((json, close))
 }
 
 /// Why the loop ended.
@@ -134,9 +132,14 @@ pub fn serve(
                     // Encoded before the write, so no command is held across it.
                     match encode(step) {
                         None => Ok(()),
-                        Some((json, false)) => sink.send(Message::Text(json)).await.map_err(|_| ()),
+                        Some((json, false)) => match json {
+                            Ok(json) => sink.send(Message::Text(json)).await.map_err(|_| ()),
+                            Err(()) => Err(()),
+                        },
                         Some((json, true)) => {
-                            let _ = sink.send(Message::Text(json)).await;
+                            if let Ok(json) = json {
+                                let _ = sink.send(Message::Text(json)).await;
+                            }
                             break End::Closed;
                         }
                     }
