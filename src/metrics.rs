@@ -53,7 +53,8 @@ impl Metrics {
     }
 
     /// Prometheus text exposition; `gauges` are (name, help, value).
-    pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
+    /// `extra`: counters kept elsewhere (name, help, value).
+    pub fn render(&self, extra: &[(&str, &str, u64)], gauges: &[(&str, &str, u64)]) -> String {
         use std::fmt::Write;
         let counters: [(&str, &str, &AtomicU64); 21] = [
             (
@@ -182,6 +183,12 @@ impl Metrics {
             .iter()
         {
             let _ = writeln!(out, "{name}{{type=\"{kind}\",outcome=\"{outcome}\"}} {n}");
+        }
+        for (name, help, value) in extra {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
         for (name, help, value) in gauges {
             let _ = writeln!(

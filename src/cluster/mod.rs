@@ -18,6 +18,7 @@ pub mod pubsub;
 pub mod reaper;
 pub mod reauth;
 pub mod registry;
+pub mod route_batch;
 pub mod routing;
 pub mod task_routes;
 pub mod tickets;
@@ -89,6 +90,9 @@ pub struct Redis {
     /// a silent channel): messages published before may have been missed,
     /// so what was learnt from them is stale (see [`task_routes`]).
     pub resubscribed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Per registry bucket: commands being routed together.
+    pub route_batches: Vec<std::sync::Arc<route_batch::Bucket>>,
+    route_round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Redis {
@@ -149,19 +153,46 @@ impl Redis {
         client.init().await?;
         subscriber.init().await?;
         events.init().await?;
+        let keys = Keys::new(
+            &config.redis_prefix,
+            config.resolved_redis_buckets(),
+            mode.sharded(),
+        );
+        let scripts = Scripts::new();
+        let publish = if mode.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let route_round_trips = std::sync::Arc::<std::sync::atomic::AtomicU64>::default();
+        let route_batches = (0..keys.buckets())
+            .map(|b| {
+                std::sync::Arc::new(route_batch::Bucket::new(
+                    client.clone(),
+                    scripts.route.clone(),
+                    keys.pod_channel_prefix(b),
+                    publish,
+                    route_round_trips.clone(),
+                ))
+            })
+            .collect();
         Ok(Self {
             client,
             subscriber,
             events,
-            keys: Keys::new(
-                &config.redis_prefix,
-                config.resolved_redis_buckets(),
-                mode.sharded(),
-            ),
-            scripts: Scripts::new(),
+            keys,
+            scripts,
             sharded: mode.sharded(),
             resubscribed: Default::default(),
+            route_batches,
+            route_round_trips,
         })
+    }
+
+    /// Script calls that routed commands from this pod so far.
+    pub fn route_round_trips(&self) -> u64 {
+        self.route_round_trips
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fails at once while the command connection is down, so callers get

@@ -2,8 +2,10 @@
 //!
 //! The sender runs `redis/route.lua`, which reads the daemon's registry entry
 //! and publishes the command on the channel of the pod holding its current
-//! connection, fenced with that connection's id, in one round trip. PUBLISH's
-//! receiver count tells the sender at once when no pod holds the daemon.
+//! connection, fenced with that connection's id, in one round trip (shared
+//! by the commands routed at the same moment: [`super::route_batch`]).
+//! PUBLISH's receiver count tells the sender at once when no pod holds the
+//! daemon.
 //! The holding pod's [`listen`] loop hands the command to the socket if the
 //! connection id still matches.
 
@@ -14,7 +16,7 @@ use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{liveness::Channel, pending, pubsub, Redis};
+use super::{liveness::Channel, pending, pubsub, route_batch, Redis};
 use crate::{
     daemon::connections::{Connections, DeliverError},
     metrics::Metrics,
@@ -49,20 +51,8 @@ pub async fn send_command(
 
 async fn route(redis: &Redis, metrics: &Metrics, daemon_id: Uuid, payload: String) -> Result<()> {
     redis.ensure_connected()?;
-    let bucket = redis.keys.bucket_of(daemon_id);
-    let receivers: i64 = redis
-        .scripts
-        .route
-        .evalsha_with_reload(
-            &redis.client,
-            vec![redis.keys.daemon(daemon_id)],
-            vec![
-                redis.keys.pod_channel_prefix(bucket),
-                redis.publish_command().to_owned(),
-                daemon_id.to_string(),
-                payload,
-            ],
-        )
+    let bucket = &redis.route_batches[redis.keys.bucket_of(daemon_id)];
+    let receivers = route_batch::route(bucket, redis.keys.daemon(daemon_id), daemon_id, payload)
         .await
         .inspect_err(|_| Metrics::inc(&metrics.redis_errors))?;
     if receivers <= 0 {

@@ -76,7 +76,14 @@ pub fn metrics(Data(state): Data<&AppState>) -> Response {
     ];
     state
         .metrics
-        .render(&gauges)
+        .render(
+            &[(
+                "meshgate_route_round_trips_total",
+                "Script calls that routed commands from this pod (commands routed at once share one)",
+                state.redis.route_round_trips(),
+            )],
+            &gauges,
+        )
         .with_content_type("text/plain; version=0.0.4")
         .into_response()
 }

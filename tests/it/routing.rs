@@ -138,3 +138,56 @@ async fn command_to_a_daemon_whose_pod_died_fails_at_once_even_before_its_lease_
     assert!(matches!(err, Error::DaemonOffline(_)), "{err:?}");
     b.shutdown().await;
 }
+
+/// Commands routed at the same moment share script calls
+/// (`cluster::route_batch`): here 4 daemons get 100 commands each from one
+/// sender per daemon (each awaited before the next), while 200 commands to
+/// a daemon nobody holds are fired at once among them. Every command to a
+/// connected daemon arrives once and in its sender's order, every offline
+/// one fails alone, and the pod made fewer script calls than commands.
+#[tokio::test]
+async fn commands_routed_at_once_share_round_trips_and_keep_each_senders_order() {
+    let env = TestEnv::new().await;
+    let (a, b) = (env.pod().await, env.pod().await);
+    let owner = env.owner().await;
+    let mut daemons = Vec::new();
+    for i in 0..4 {
+        daemons.push(Daemon::connect(a.addr(), &owner.key, &format!("m{i}")).await);
+    }
+    let before = b.state().redis.route_round_trips();
+    let senders = daemons.iter().map(|d| {
+        let (b, id) = (&b, d.id());
+        async move {
+            for n in 0..100 {
+                send(b, id, &message(&format!("{id}-{n}"))).await.unwrap();
+            }
+        }
+    });
+    let nobody = Uuid::new_v4();
+    let offline = (0..200).map(|n| {
+        let b = &b;
+        async move { send(b, nobody, &message(&format!("offline-{n}"))).await }
+    });
+    let (_, offline) = tokio::join!(
+        futures_util::future::join_all(senders),
+        futures_util::future::join_all(offline)
+    );
+    assert!(
+        offline
+            .iter()
+            .all(|r| matches!(r, Err(Error::DaemonOffline(id)) if *id == nobody)),
+        "every command to the absent daemon fails as offline"
+    );
+    let calls = b.state().redis.route_round_trips() - before;
+    assert!(calls < 600, "{calls} script calls for 600 commands");
+    for d in &mut daemons {
+        for n in 0..100 {
+            let got = d.recv().await;
+            assert_eq!(got["message"], format!("{}-{n}", d.id()), "in order, once");
+        }
+        assert!(d.try_recv(Duration::from_millis(200)).await.is_none());
+    }
+    for pod in [a, b] {
+        pod.shutdown().await;
+    }
+}
