@@ -5,16 +5,25 @@
 -- KEYS[i] daemon hash of command i
 -- ARGV[1] pod channel prefix of the bucket  ARGV[2] PUBLISH or SPUBLISH
 -- ARGV[1 + 2i] daemon id of command i  ARGV[2 + 2i] its payload
--- Returns one number per command: -1 when no entry exists, else the
--- receiver count (0: the holding pod is gone).
+-- Returns one number per command: -1 when no entry exists, -2 when Redis
+-- refused that command's read or publish (the others still went out: a
+-- script is not rolled back), else the receiver count (0: the holding pod
+-- is gone).
 local out = {}
 for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'pod', 'conn')
-  if not v[1] or not v[2] then
+  local v = redis.pcall('HMGET', KEYS[i], 'pod', 'conn')
+  if v.err then
+    out[i] = -2
+  elseif not v[1] or not v[2] then
     out[i] = -1
   else
-    out[i] = redis.call(ARGV[2], ARGV[1] .. v[1],
+    local n = redis.pcall(ARGV[2], ARGV[1] .. v[1],
       'C|' .. ARGV[1 + 2 * i] .. '|' .. v[2] .. '|' .. ARGV[2 + 2 * i])
+    if type(n) == 'table' then
+      out[i] = -2
+    else
+      out[i] = n
+    end
   end
 end
 return out

@@ -92,7 +92,7 @@ pub struct Redis {
     pub resubscribed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Per registry bucket: commands being routed together.
     pub route_batches: Vec<std::sync::Arc<route_batch::Bucket>>,
-    route_round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    route_script_calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Redis {
@@ -164,7 +164,7 @@ impl Redis {
         } else {
             "PUBLISH"
         };
-        let route_round_trips = std::sync::Arc::<std::sync::atomic::AtomicU64>::default();
+        let route_script_calls = std::sync::Arc::<std::sync::atomic::AtomicU64>::default();
         let route_batches = (0..keys.buckets())
             .map(|b| {
                 std::sync::Arc::new(route_batch::Bucket::new(
@@ -172,7 +172,8 @@ impl Redis {
                     scripts.route.clone(),
                     keys.pod_channel_prefix(b),
                     publish,
-                    route_round_trips.clone(),
+                    config.redis_timeout(),
+                    route_script_calls.clone(),
                 ))
             })
             .collect();
@@ -185,13 +186,13 @@ impl Redis {
             sharded: mode.sharded(),
             resubscribed: Default::default(),
             route_batches,
-            route_round_trips,
+            route_script_calls,
         })
     }
 
     /// Script calls that routed commands from this pod so far.
-    pub fn route_round_trips(&self) -> u64 {
-        self.route_round_trips
+    pub fn route_script_calls(&self) -> u64 {
+        self.route_script_calls
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

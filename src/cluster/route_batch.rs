@@ -2,16 +2,28 @@
 //!
 //! Each registry bucket has a queue. The first command into an idle queue
 //! starts a flusher task, which sends everything queued by then in one
-//! `EVALSHA` of `redis/route_many.lua` (at most [`MAX_BATCH`] at a time) and
+//! `EVALSHA` of `redis/route.lua` (at most [`MAX_BATCH`] at a time) and
 //! hands every caller its own receiver count; commands that arrive while a
 //! batch is in flight wait for the next one. A lone command therefore goes
 //! out at once, as before; under load one round trip — and one script call
-//! in Redis — carries many. Commands of one bucket leave in the order they
-//! were queued, so one caller's commands to a daemon stay in order.
+//! in Redis — carries many (a command arriving during a call waits for it:
+//! up to two round trips instead of one). Commands of one bucket leave in
+//! the order they were queued, so one caller's commands to a daemon stay in
+//! order.
+//!
+//! A caller waits at most the Redis command timeout. A command still queued
+//! when its caller gave up (timed out, or went away) is not sent, so a hung
+//! Redis fails the queue in one timeout, not one per batch. A command that
+//! Redis refused fails alone; a batch that failed as a whole (connection
+//! lost, timeout) fails every caller in it, although Redis may have run it:
+//! as with any timed-out write, "failed" may mean "delivered".
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, Mutex, MutexGuard,
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
 };
 
 use fred::{
@@ -19,7 +31,7 @@ use fred::{
     prelude::*,
     types::scripts::Script,
 };
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, time::Instant};
 use uuid::Uuid;
 
 /// Commands per script call at most (bounds how long one call holds Redis).
@@ -32,9 +44,11 @@ pub struct Bucket {
     /// Pod channel prefix of the bucket.
     prefix: String,
     publish: &'static str,
+    /// How long a caller waits at most (the Redis command timeout).
+    timeout: Duration,
     queue: Mutex<Queue>,
     /// Script calls made (shared by a pod's buckets).
-    round_trips: Arc<AtomicU64>,
+    calls: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -48,6 +62,8 @@ struct Waiting {
     key: String,
     daemon_id: Uuid,
     payload: String,
+    /// When its caller stops waiting.
+    deadline: Instant,
     done: oneshot::Sender<Result<i64, Error>>,
 }
 
@@ -57,15 +73,17 @@ impl Bucket {
         script: Script,
         prefix: String,
         publish: &'static str,
-        round_trips: Arc<AtomicU64>,
+        timeout: Duration,
+        calls: Arc<AtomicU64>,
     ) -> Self {
         Self {
             client,
             script,
             prefix,
             publish,
+            timeout,
             queue: Mutex::default(),
-            round_trips,
+            calls,
         }
     }
 
@@ -84,12 +102,14 @@ pub async fn route(
     payload: String,
 ) -> Result<i64, Error> {
     let (done, answer) = oneshot::channel();
+    let deadline = Instant::now() + bucket.timeout;
     let start = {
         let mut queue = bucket.lock();
         queue.waiting.push(Waiting {
             key,
             daemon_id,
             payload,
+            deadline,
             done,
         });
         !std::mem::replace(&mut queue.flushing, true)
@@ -97,27 +117,49 @@ pub async fn route(
     if start {
         tokio::spawn(flush(bucket.clone()));
     }
-    answer.await.unwrap_or_else(|_| {
-        Err(Error::new(
+    match tokio::time::timeout_at(deadline, answer).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(Error::new(
             ErrorKind::Canceled,
             "the routing batch was abandoned",
-        ))
-    })
+        )),
+        Err(_) => Err(timed_out()),
+    }
+}
+
+fn timed_out() -> Error {
+    Error::new(ErrorKind::Timeout, "command routing timed out")
 }
 
 /// Sends what is queued, batch after batch, until the queue is empty.
 async fn flush(bucket: Arc<Bucket>) {
-    let _reset = ResetOnPanic(bucket.clone());
+    let mut guard = Reset {
+        bucket: bucket.clone(),
+        armed: true,
+    };
     loop {
-        let batch: Vec<Waiting> = {
+        let taken: Vec<Waiting> = {
             let mut queue = bucket.lock();
             if queue.waiting.is_empty() {
                 queue.flushing = false;
+                drop(queue);
+                guard.armed = false;
                 return;
             }
             let n = queue.waiting.len().min(MAX_BATCH);
             queue.waiting.drain(..n).collect()
         };
+        // Callers that gave up are answered (nobody listens) and skipped.
+        let now = Instant::now();
+        let (batch, late): (Vec<_>, Vec<_>) = taken
+            .into_iter()
+            .partition(|w| w.deadline > now && !w.done.is_closed());
+        for w in late {
+            let _ = w.done.send(Err(timed_out()));
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let mut keys = Vec::with_capacity(batch.len());
         let mut args = Vec::with_capacity(2 + 2 * batch.len());
         args.push(bucket.prefix.clone());
@@ -129,7 +171,7 @@ async fn flush(bucket: Arc<Bucket>) {
             args.push(w.payload);
             dones.push(w.done);
         }
-        bucket.round_trips.fetch_add(1, Ordering::Relaxed);
+        bucket.calls.fetch_add(1, Ordering::Relaxed);
         let sent: Result<Vec<i64>, Error> = bucket
             .script
             .evalsha_with_reload(&bucket.client, keys, args)
@@ -137,14 +179,22 @@ async fn flush(bucket: Arc<Bucket>) {
         match sent {
             Ok(counts) if counts.len() == dones.len() => {
                 for (done, count) in dones.into_iter().zip(counts) {
-                    let _ = done.send(Ok(count));
+                    let answer = if count == REFUSED {
+                        Err(Error::new(
+                            ErrorKind::Unknown,
+                            "Redis refused this command in route.lua",
+                        ))
+                    } else {
+                        Ok(count)
+                    };
+                    let _ = done.send(answer);
                 }
             }
             Ok(counts) => {
                 let e = Error::new(
                     ErrorKind::Protocol,
                     format!(
-                        "route_many.lua answered {} of {} commands",
+                        "route.lua answered {} of {} commands",
                         counts.len(),
                         dones.len()
                     ),
@@ -162,15 +212,22 @@ async fn flush(bucket: Arc<Bucket>) {
     }
 }
 
-/// Should a flusher panic, its bucket must not stay "flushing" forever:
-/// the queue is emptied (its callers get an error) and the next command
-/// starts a new flusher.
-struct ResetOnPanic(Arc<Bucket>);
+/// `route.lua`'s answer for a command Redis refused.
+const REFUSED: i64 = -2;
 
-impl Drop for ResetOnPanic {
+/// Should a flusher end any other way than finding its queue empty (a
+/// panic, or its task dropped as the runtime shuts down), its bucket must
+/// not stay "flushing" forever: the queue is emptied (its callers get an
+/// error) and the next command starts a new flusher.
+struct Reset {
+    bucket: Arc<Bucket>,
+    armed: bool,
+}
+
+impl Drop for Reset {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut queue = self.0.lock();
+        if self.armed {
+            let mut queue = self.bucket.lock();
             queue.flushing = false;
             queue.waiting.clear();
         }

@@ -78,9 +78,9 @@ pub fn metrics(Data(state): Data<&AppState>) -> Response {
         .metrics
         .render(
             &[(
-                "meshgate_route_round_trips_total",
-                "Script calls that routed commands from this pod (commands routed at once share one)",
-                state.redis.route_round_trips(),
+                "meshgate_route_script_calls_total",
+                "route.lua calls made to route commands from this pod (commands routed at once share one)",
+                state.redis.route_script_calls(),
             )],
             &gauges,
         )

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use fred::prelude::*;
 use meshgate::{cluster::routing::send_command, protocol::daemon::DaemonCommand, Error, Pod};
 use uuid::Uuid;
 
@@ -142,9 +143,11 @@ async fn command_to_a_daemon_whose_pod_died_fails_at_once_even_before_its_lease_
 /// Commands routed at the same moment share script calls
 /// (`cluster::route_batch`): here 4 daemons get 100 commands each from one
 /// sender per daemon (each awaited before the next), while 200 commands to
-/// a daemon nobody holds are fired at once among them. Every command to a
-/// connected daemon arrives once and in its sender's order, every offline
-/// one fails alone, and the pod made fewer script calls than commands.
+/// a daemon nobody holds, and 50 to a daemon whose registry key Redis
+/// refuses to read (wrong type), are fired at once among them. Every
+/// command to a connected daemon arrives once and in its sender's order,
+/// every offline or refused one fails alone (offline, or a Redis error),
+/// and the pod made fewer script calls than commands.
 #[tokio::test]
 async fn commands_routed_at_once_share_round_trips_and_keep_each_senders_order() {
     let env = TestEnv::new().await;
@@ -154,7 +157,7 @@ async fn commands_routed_at_once_share_round_trips_and_keep_each_senders_order()
     for i in 0..4 {
         daemons.push(Daemon::connect(a.addr(), &owner.key, &format!("m{i}")).await);
     }
-    let before = b.state().redis.route_round_trips();
+    let before = b.state().redis.route_script_calls();
     let senders = daemons.iter().map(|d| {
         let (b, id) = (&b, d.id());
         async move {
@@ -168,9 +171,26 @@ async fn commands_routed_at_once_share_round_trips_and_keep_each_senders_order()
         let b = &b;
         async move { send(b, nobody, &message(&format!("offline-{n}"))).await }
     });
-    let (_, offline) = tokio::join!(
+    let broken = Uuid::new_v4();
+    let redis = &b.state().redis;
+    let _: () = redis
+        .client
+        .set(redis.keys.daemon(broken), "not a hash", None, None, false)
+        .await
+        .unwrap();
+    let refused = (0..50).map(|n| {
+        let b = &b;
+        async move { send(b, broken, &message(&format!("refused-{n}"))).await }
+    });
+    let (_, offline, refused) = tokio::join!(
         futures_util::future::join_all(senders),
-        futures_util::future::join_all(offline)
+        futures_util::future::join_all(offline),
+        futures_util::future::join_all(refused)
+    );
+    assert!(
+        refused.iter().all(|r| matches!(r, Err(Error::Redis(_)))),
+        "a command Redis refuses fails alone, as a Redis error: {:?}",
+        refused.first()
     );
     assert!(
         offline
@@ -178,8 +198,9 @@ async fn commands_routed_at_once_share_round_trips_and_keep_each_senders_order()
             .all(|r| matches!(r, Err(Error::DaemonOffline(id)) if *id == nobody)),
         "every command to the absent daemon fails as offline"
     );
-    let calls = b.state().redis.route_round_trips() - before;
-    assert!(calls < 600, "{calls} script calls for 600 commands");
+    let calls = b.state().redis.route_script_calls() - before;
+    assert!(calls < 650, "{calls} script calls for 650 commands");
+    let _: i64 = redis.client.del(redis.keys.daemon(broken)).await.unwrap();
     for d in &mut daemons {
         for n in 0..100 {
             let got = d.recv().await;
