@@ -188,8 +188,10 @@ async fn commands_routed_at_once_share_round_trips_and_keep_each_senders_order()
         futures_util::future::join_all(refused)
     );
     assert!(
-        refused.iter().all(|r| matches!(r, Err(Error::Redis(_)))),
-        "a command Redis refuses fails alone, as a Redis error: {:?}",
+        refused
+            .iter()
+            .all(|r| matches!(r, Err(Error::Redis(e)) if e.details().contains("refused"))),
+        "a command Redis refuses fails alone, as Redis refusing it: {:?}",
         refused.first()
     );
     assert!(
