@@ -393,9 +393,10 @@ fn command_calls(url: &str) -> std::collections::BTreeMap<String, u64> {
 }
 
 /// Redis commands executed during phase (a), per command B sent: the proof
-/// that routing costs one round trip (one `EVALSHA` of `route.lua`) per
-/// command. Everything else the pods do meanwhile (self-pings, lease
-/// refreshes, the reaper) is counted too, so it is slightly above 1.
+/// that routing costs at most one round trip (one `EVALSHA` of `route.lua`)
+/// per command — far fewer at full load, where commands routed at the same
+/// moment share a call (`cluster::route_batch`). Everything else the pods do
+/// meanwhile (self-pings, lease refreshes, the reaper) is counted too.
 fn calls_per_command(
     before: &std::collections::BTreeMap<String, u64>,
     after: &std::collections::BTreeMap<String, u64>,
@@ -417,8 +418,9 @@ fn calls_per_command(
         "during": "phase (a)",
         "calls": delta,
         "total": total,
-        // Round trips: each EVALSHA runs route.lua, whose HMGET and PUBLISH
-        // Redis counts as calls too, without any network between them.
+        // Round trips: each EVALSHA runs route.lua for one or more commands;
+        // Redis counts their HMGETs and PUBLISHes as calls too, without any
+        // network between them.
         "evalshaPerSentCommand": per(evalsha),
     })
 }

@@ -159,11 +159,7 @@ impl Redis {
             mode.sharded(),
         );
         let scripts = Scripts::new();
-        let publish = if mode.sharded() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
+        let publish = pubsub::publish_command(mode.sharded());
         let route_script_calls = std::sync::Arc::<std::sync::atomic::AtomicU64>::default();
         let route_batches = (0..keys.buckets())
             .map(|b| {

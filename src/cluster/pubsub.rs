@@ -36,11 +36,7 @@ use crate::metrics::Metrics;
 impl Redis {
     /// The publish command scripts call (`PUBLISH` or `SPUBLISH`).
     pub fn publish_command(&self) -> &'static str {
-        if self.sharded {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        }
+        publish_command(self.sharded)
     }
 
     /// Publishes `message`; returns how many subscribers received it.
@@ -119,6 +115,15 @@ impl Redis {
         }
         self.resubscribed.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+/// `PUBLISH`, or `SPUBLISH` when pub/sub is sharded (Redis Cluster).
+pub fn publish_command(sharded: bool) -> &'static str {
+    if sharded {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
     }
 }
 

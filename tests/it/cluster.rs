@@ -84,6 +84,12 @@ impl PrivateCluster {
         format!("--redis-url={}", self.url)
     }
 
+    /// Two pods of `env` on this cluster.
+    async fn two_pods(&self, env: &TestEnv) -> (meshgate::Pod, meshgate::Pod) {
+        let flag = self.flag();
+        (env.pod_with(&[&flag]).await, env.pod_with(&[&flag]).await)
+    }
+
     fn cli(&self, port: u16, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-p", &port.to_string()])
@@ -218,10 +224,7 @@ async fn received(d: &mut Daemon, wait: Duration) -> Vec<String> {
 async fn keys_and_channels_spread_over_all_three_primaries_and_no_command_crosses_slots() {
     let env = TestEnv::new().await;
     let cluster = PrivateCluster::start();
-    let (a, b) = (
-        env.pod_with(&[&cluster.flag()]).await,
-        env.pod_with(&[&cluster.flag()]).await,
-    );
+    let (a, b) = cluster.two_pods(&env).await;
     let owner = env.owner().await;
     let mut daemons = Vec::new();
     let mut tasks = Vec::new();
@@ -311,10 +314,7 @@ async fn a_primary_failed_over_mid_run_pauses_commands_and_events_briefly_and_lo
 ) {
     let env = TestEnv::new().await;
     let cluster = PrivateCluster::start();
-    let (a, b) = (
-        env.pod_with(&[&cluster.flag()]).await,
-        env.pod_with(&[&cluster.flag()]).await,
-    );
+    let (a, b) = cluster.two_pods(&env).await;
     let owner = env.owner().await;
     let keys = a.state().redis.keys.clone();
     let slot = meshgate::cluster::keys::slot;
@@ -458,10 +458,7 @@ async fn a_primary_failed_over_mid_run_pauses_commands_and_events_briefly_and_lo
 async fn slots_moved_to_another_primary_end_shard_subscriptions_and_the_pods_subscribe_again() {
     let env = TestEnv::new().await;
     let cluster = PrivateCluster::start();
-    let (a, b) = (
-        env.pod_with(&[&cluster.flag()]).await,
-        env.pod_with(&[&cluster.flag()]).await,
-    );
+    let (a, b) = cluster.two_pods(&env).await;
     let owner = env.owner().await;
     let keys = a.state().redis.keys.clone();
     let slot = meshgate::cluster::keys::slot;
