@@ -171,6 +171,17 @@ pub struct Config {
     )]
     pub drain_ms: u64,
 
+    /// Tokio worker threads of a replica; 0: one per CPU the process may
+    /// use (a cgroup CPU limit counts). With a CPU limit of one, one worker
+    /// avoids waking a second thread for work one thread could do.
+    #[arg(
+        long = "worker-threads",
+        alias = "meshgate-worker-threads",
+        env = "MESHGATE_WORKER_THREADS",
+        default_value_t = 0
+    )]
+    pub worker_threads: usize,
+
     /// How long an event ticket stays valid.
     #[arg(
         long = "ticket-ttl-ms",

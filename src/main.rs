@@ -4,6 +4,9 @@ use clap::{Args, Parser, Subcommand};
 use meshgate::{config::Secret, db, Config};
 use uuid::Uuid;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meshgate",
@@ -66,9 +69,32 @@ enum AdminCommand {
     RevokeKey { key_id: Uuid },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Serve(config) => config.worker_threads,
+        // `bench`'s pod B (the injector) reads its pod settings from the
+        // environment.
+        _ => std::env::var("MESHGATE_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if threads > 0 {
+        runtime.worker_threads(threads);
+    }
+    // The command runs as a task on the workers, not on the main thread
+    // that `block_on` parks: work done in that thread's future (the accept
+    // loop, the bench injector) would otherwise hop between it and the
+    // workers, a thread wake-up each time.
+    runtime
+        .build()?
+        .block_on(async { tokio::spawn(run(cli)).await? })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => {
             init_tracing(config.log_json);

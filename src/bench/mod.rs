@@ -216,6 +216,7 @@ fn machine() -> Value {
         "release": !cfg!(debug_assertions),
         "nofile": rlimit::getrlimit(rlimit::Resource::NOFILE).map(|l| l.0).unwrap_or(0),
         "loadAvgAtStart": procs::loadavg(),
+        "podWorkerThreads": world::pod_worker_threads(),
     })
 }
 

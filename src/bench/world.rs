@@ -25,6 +25,14 @@ use crate::db::accounts::NewKey;
 /// logs nothing either).
 const POD_LOG: &str = "warn";
 
+/// Tokio workers of each child pod: `MESHGATE_BENCH_POD_THREADS`, else 1.
+/// The scenarios run two pods on a two-core machine beside Redis, the
+/// clients and the load generator: one worker each, as with a one-CPU
+/// limit per pod (the peer's nodes run their JavaScript on one thread too).
+pub fn pod_worker_threads() -> String {
+    std::env::var("MESHGATE_BENCH_POD_THREADS").unwrap_or_else(|_| "1".into())
+}
+
 /// The bench database and Redis prefix.
 pub struct World {
     admin_url: String,
@@ -88,6 +96,7 @@ impl World {
                 format!("bench-{name}-{}", &self.prefix[3..9]),
             ),
             ("MESHGATE_DRAIN_MS", "3000".into()),
+            ("MESHGATE_WORKER_THREADS", pod_worker_threads()),
             (
                 "RUST_LOG",
                 std::env::var("MESHGATE_BENCH_POD_LOG").unwrap_or(POD_LOG.into()),
