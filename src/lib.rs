@@ -92,7 +92,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         config.task_route_cache(),
         redis.resubscribed.clone(),
     ));
-    let state = AppState {
+    let state = AppState::new(state::Shared {
         config: Arc::new(config),
         pod_id: pod_id.clone(),
         db,
@@ -108,7 +108,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         outputs,
         dispatcher,
         lifecycle: Lifecycle::default(),
-    };
+    });
     let listen_task = routing::listen(&state, stop_background.clone()).await?;
     let background = vec![
         key_usage_task,
