@@ -19,14 +19,14 @@ die() {
 
 stop() {
     local dir=$1 pid
+    # A node removes its pid file as it exits, so a file seen a moment ago
+    # may be gone when read: that node has stopped.
     for f in "$dir"/*/redis.pid; do
-        [[ -f $f ]] || continue
-        pid=$(cat "$f")
+        pid=$(cat "$f" 2>/dev/null) || continue
         kill "$pid" 2>/dev/null || true
     done
     for f in "$dir"/*/redis.pid; do
-        [[ -f $f ]] || continue
-        pid=$(cat "$f")
+        pid=$(cat "$f" 2>/dev/null) || continue
         for _ in $(seq 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
