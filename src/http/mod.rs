@@ -62,7 +62,12 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .nest_no_strip("/api/v1/mesh", api)
         .catch_all_error(json_errors)
         .data(state)
-        .with(Tracing)
+        // poem's request log (an `info` span and event per request) builds
+        // its span even when `info` is filtered out; left off then.
+        .with_if(
+            tracing::enabled!(target: "poem::middleware::tracing_mw", tracing::Level::INFO),
+            Tracing,
+        )
 }
 
 /// Errors raised before a handler runs (a body that does not parse, a
