@@ -73,8 +73,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let threads = match &cli.command {
         Command::Serve(config) => config.worker_threads,
-        // `bench`'s pod B (the injector) reads its pod settings from the
-        // environment.
+        // The other commands take it from the environment only: `bench`'s
+        // pod B (the injector) reads all its pod settings from there.
         _ => std::env::var("MESHGATE_WORKER_THREADS")
             .ok()
             .and_then(|v| v.parse().ok())
