@@ -4,6 +4,7 @@
 # keeps every JSON line and log under bench/out/<UTC time>/.
 #
 #   bench/compare.sh                      # route, api, idle of both; ingest, register, overload of meshgate
+#                                         # (api: also the peer with a lean load generator, meshgate with reqwest)
 #   ROUNDS=2 bench/compare.sh             # everything twice, alternating peer and meshgate
 #   SCENARIOS="route api" bench/compare.sh
 #   PEER_DIR=/path/to/peer-socketio bench/compare.sh
@@ -63,6 +64,13 @@ chmod -R u+w "$peer"
 rm -rf "$peer/node_modules" "$peer/out"
 log "npm ci in $peer"
 (cd "$peer" && npm ci --no-audit --no-fund >/dev/null)
+# A second copy whose load generator is bench/peer-lean-loadgen.js (the
+# peer's requests on raw keep-alive sockets, like meshgate's default lean
+# client): the "peer-api-lean" runs, the like-for-like api comparison.
+peer_lean=$peer/lean
+mkdir "$peer_lean"
+(cd "$peer" && cp -r $(ls -A | grep -vx lean) "$peer_lean"/)
+cp bench/peer-lean-loadgen.js "$peer_lean/src/loadgen.js"
 
 log "cargo build --release"
 cargo build --release >&2
@@ -84,6 +92,7 @@ run() {
 }
 
 peer() { (cd "$peer" && ./run.sh "$@"); }
+peer_lean() { (cd "$peer_lean" && ./run.sh "$@"); }
 mg() { "$bin" bench "$@"; } # = cargo run --release -- bench "$@"
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -94,8 +103,13 @@ for round in $(seq 1 "$ROUNDS"); do
             run "meshgate-route-$round" mg route
             ;;
         api)
+            # meshgate's api load generator is its lean client by default;
+            # the peer is measured with its own (undici) and with the lean
+            # one, and meshgate once more with reqwest (its earlier client).
             run "peer-api-$round" peer api
             run "meshgate-api-$round" mg api
+            run "peer-api-lean-$round" peer_lean api
+            run "meshgate-api-reqwest-$round" mg api --http-client reqwest
             ;;
         idle)
             run "peer-idle-$round" peer idle

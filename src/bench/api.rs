@@ -19,12 +19,12 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::{
-    delivery, drain, error, log, phase_start, pod_counters,
+    delivery, drain, error, http_load, log, phase_start, pod_counters,
     procs::Tracked,
     redis_json, rss,
     stats::{now_ns, round, stamped_message, summarize},
     world::World,
-    BenchArgs, SimHost,
+    BenchArgs, HttpClient, SimHost,
 };
 use crate::sim::SimConfig;
 
@@ -38,7 +38,7 @@ pub async fn run(args: &BenchArgs, rep: &mut Report) -> anyhow::Result<()> {
         json!({
             "daemons": args.daemons.unwrap_or(1000), "durationS": args.duration_s,
             "connections": args.connections, "warmupS": args.warmup_s.unwrap_or(2),
-            "heartbeatMs": args.heartbeat_ms,
+            "heartbeatMs": args.heartbeat_ms, "httpClient": args.http_client,
         }),
     );
     let world = World::new(args, &args.redis_url).await?;
@@ -102,11 +102,18 @@ async fn scenario(
     let tasks = Arc::new(tasks);
 
     let load_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(match args.http_client {
+            HttpClient::Lean => 1,
+            HttpClient::Reqwest => 2,
+        })
         .thread_name("mg-load")
         .enable_all()
         .build()?;
-    let base = format!("http://{}", b.addr);
+    let target = Target {
+        addr: b.addr,
+        key: world.key.key.clone(),
+        client: args.http_client,
+    };
     let mut tracked = Tracked {
         pids: vec![("A".into(), a.pid), ("B".into(), b.pid)],
         postgres: true,
@@ -119,7 +126,7 @@ async fn scenario(
         if warmup_s > 0 {
             log(format!("warm-up: {warmup_s} s"));
             host.rec.reset(phase_start());
-            let w = load(&load_rt, &base, &world.key.key, &tasks, args.connections, warmup_s).await;
+            let w = load(&load_rt, &target, &tasks, args.connections, warmup_s).await;
             drain(&host.rec, w.accepted).await;
             rep.insert("warmup".into(), json!({"accepted": w.accepted, "delivered": host.rec.count()}));
             if host.rec.count() != w.accepted {
@@ -141,7 +148,7 @@ async fn scenario(
                 *seen.lock().unwrap_or_else(|e| e.into_inner()) = established_on(port);
             })
         };
-        let r = load(&load_rt, &base, &world.key.key, &tasks, args.connections, args.duration_s).await;
+        let r = load(&load_rt, &target, &tasks, args.connections, args.duration_s).await;
         let _ = probe.await;
         let drain_ms = drain(&host.rec, r.accepted).await;
         let cpu = tracked.report(&cpu0, host.rec.count());
@@ -197,12 +204,19 @@ fn established_on(port: u16) -> usize {
         .count()
 }
 
+/// Where the load generator posts, and with which client.
+#[derive(Clone)]
+struct Target {
+    addr: std::net::SocketAddr,
+    key: String,
+    client: HttpClient,
+}
+
 /// `workers` closed-loop workers, each on its own keep-alive connection,
 /// posting for `seconds` on the `mg-load` runtime.
 async fn load(
     rt: &tokio::runtime::Runtime,
-    base: &str,
-    key: &str,
+    target: &Target,
     tasks: &Arc<Vec<Uuid>>,
     workers: usize,
     seconds: u64,
@@ -212,9 +226,13 @@ async fn load(
     let end = start + Duration::from_secs(seconds);
     let handles: Vec<_> = (0..workers)
         .map(|_| {
-            let (base, key, tasks, next) =
-                (base.to_owned(), key.to_owned(), tasks.clone(), next.clone());
-            rt.spawn(async move { worker(&base, &key, &tasks, &next, end).await })
+            let (target, tasks, next) = (target.clone(), tasks.clone(), next.clone());
+            rt.spawn(async move {
+                match target.client {
+                    HttpClient::Lean => lean_worker(&target, &tasks, &next, end).await,
+                    HttpClient::Reqwest => reqwest_worker(&target, &tasks, &next, end).await,
+                }
+            })
         })
         .collect();
     let mut total = Load {
@@ -240,11 +258,59 @@ async fn load(
     total
 }
 
-async fn worker(base: &str, key: &str, tasks: &[Uuid], next: &AtomicUsize, end: Instant) -> Load {
+/// One closed-loop worker on a [`http_load::Conn`] (connected again after
+/// an error).
+async fn lean_worker(target: &Target, tasks: &[Uuid], next: &AtomicUsize, end: Instant) -> Load {
     let mut l = Load {
         per_daemon: vec![0; tasks.len()],
         ..Default::default()
     };
+    let headers = [("x-api-key", target.key.as_str())];
+    let mut conn = None;
+    while Instant::now() < end {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match http_load::Conn::connect(target.addr).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    *l.errors.entry(format!("connect: {e}")).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let i = next.fetch_add(1, Ordering::Relaxed) % tasks.len();
+        let t = Instant::now();
+        let body = json!({"message": stamped_message(now_ns())}).to_string();
+        let path = format!("/api/v1/mesh/tasks/{}/message", tasks[i]);
+        l.requests += 1;
+        match c.post_json(&path, &headers, body.as_bytes()).await {
+            Ok(status) => {
+                l.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                *l.statuses.entry(status).or_default() += 1;
+                if status == 202 {
+                    l.accepted += 1;
+                    l.per_daemon[i] += 1;
+                }
+            }
+            Err(e) => {
+                *l.errors.entry(e.to_string()).or_default() += 1;
+                conn = None;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    l
+}
+
+/// One closed-loop worker on its own reqwest client.
+async fn reqwest_worker(target: &Target, tasks: &[Uuid], next: &AtomicUsize, end: Instant) -> Load {
+    let mut l = Load {
+        per_daemon: vec![0; tasks.len()],
+        ..Default::default()
+    };
+    let base = format!("http://{}", target.addr);
+    let key = target.key.as_str();
     let client = match reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .tcp_nodelay(true)

@@ -14,6 +14,7 @@
 //! says how each is measured.
 
 mod api;
+mod http_load;
 mod idle;
 mod ingest;
 mod inject;
@@ -33,6 +34,14 @@ use serde_json::{json, Map, Value};
 
 use self::stats::{now_ns, round, routing_check, summarize, Recorder};
 use crate::sim::{Sim, SimConfig};
+
+/// The `api` load generator's HTTP client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpClient {
+    Lean,
+    Reqwest,
+}
 
 /// Flags of `meshgate bench`.
 #[derive(Clone, Args)]
@@ -64,6 +73,12 @@ pub struct BenchArgs {
     /// `api`: keep-alive HTTP connections (one closed-loop worker each).
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// `api`: the load generator's HTTP client: `lean` (one buffer written
+    /// and one response parsed per request, on one thread, like `wrk`) or
+    /// `reqwest` (a general client on two threads, used until the fifth
+    /// session).
+    #[arg(long, value_enum, default_value_t = HttpClient::Lean)]
+    pub http_client: HttpClient,
     /// `ingest` (b): output lines per second of all daemons together.
     #[arg(long, default_value_t = 10_000)]
     pub line_rate: u64,
