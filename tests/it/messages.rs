@@ -388,8 +388,9 @@ async fn random_and_truncated_frames_never_break_the_pod() {
     reader.abort();
 }
 
-/// A line that can never be stored (its task is gone) must not stall the
-/// queue: the rest of its batch is stored and the loss is counted.
+/// A line that can never be stored (its task is gone, or it names another
+/// owner than its task's: the database's foreign key refuses both) must not
+/// stall the queue: the rest of its batch is stored and the loss is counted.
 #[tokio::test]
 async fn an_output_line_for_a_deleted_task_is_dropped_without_stalling_the_queue() {
     use meshgate::{
@@ -408,6 +409,13 @@ async fn an_output_line_for_a_deleted_task_is_dropped_without_stalling_the_queue
     };
     queue.push(line(task, "before")).await;
     queue.push(line(Uuid::new_v4(), "orphan")).await;
+    let stranger = env.owner().await;
+    queue
+        .push(NewOutput {
+            owner_id: stranger.owner_id,
+            ..line(task, "another owner's")
+        })
+        .await;
     queue.push(line(task, "after")).await;
     let rows = eventually(Duration::from_secs(10), "valid lines stored", || async {
         let rows = outputs(&env, task).await;
@@ -418,15 +426,19 @@ async fn an_output_line_for_a_deleted_task_is_dropped_without_stalling_the_queue
     assert_eq!(rows[1].1, "after");
     // The orphan may be on the other output writer (lines are spread by
     // task): its loss is counted once that writer got to it.
-    let lost = eventually(Duration::from_secs(10), "the orphan counted", || async {
-        let lost = a
-            .state()
-            .metrics
-            .output_lines_lost
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (lost > 0 && queue.depth() == 0).then_some(lost)
-    })
+    let lost = eventually(
+        Duration::from_secs(10),
+        "both refused lines counted",
+        || async {
+            let lost = a
+                .state()
+                .metrics
+                .output_lines_lost
+                .load(std::sync::atomic::Ordering::Relaxed);
+            (lost > 1 && queue.depth() == 0).then_some(lost)
+        },
+    )
     .await;
-    assert_eq!(lost, 1);
+    assert_eq!(lost, 2);
     assert_eq!(outputs(&env, task).await.len(), 2, "nothing else stored");
 }
