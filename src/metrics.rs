@@ -32,8 +32,9 @@ pub struct Metrics {
     pub pubsub_resubscribes: AtomicU64,
     pub pending_timeouts: AtomicU64,
     pub pending_offline: AtomicU64,
-    /// Commands by (type, outcome).
-    commands: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Commands by type, then outcome (nested so that counting one looks
+    /// the type up by `&str`, without building an owned key per command).
+    commands: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
 }
 
 impl Metrics {
@@ -45,10 +46,10 @@ impl Metrics {
     /// delivered, undeliverable, queue_full).
     pub fn command(&self, kind: &str, outcome: &'static str) {
         let mut map = self.commands.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&(kind.to_owned(), outcome)) {
-            *n += 1;
+        if let Some(outcomes) = map.get_mut(kind) {
+            *outcomes.entry(outcome).or_default() += 1;
         } else if map.len() < 1_000 {
-            map.insert((kind.to_owned(), outcome), 1);
+            map.insert(kind.to_owned(), BTreeMap::from([(outcome, 1)]));
         }
     }
 
@@ -176,14 +177,13 @@ impl Metrics {
             out,
             "# HELP {name} Daemon commands by type and outcome\n# TYPE {name} counter"
         );
-        for ((kind, outcome), n) in self
-            .commands
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(out, "{name}{{type=\"{kind}\",outcome=\"{outcome}\"}} {n}");
+        let commands = self.commands.lock().unwrap_or_else(|e| e.into_inner());
+        for (kind, outcomes) in commands.iter() {
+            for (outcome, n) in outcomes {
+                let _ = writeln!(out, "{name}{{type=\"{kind}\",outcome=\"{outcome}\"}} {n}");
+            }
         }
+        drop(commands);
         for (name, help, value) in extra {
             let _ = writeln!(
                 out,
@@ -197,5 +197,46 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_counted_by_type_and_outcome() {
+        let m = Metrics::default();
+        for _ in 0..3 {
+            m.command("sendMessage", "delivered");
+        }
+        m.command("sendMessage", "queue_full");
+        m.command("spawnTask", "sent");
+        let text = m.render(&[], &[]);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("meshgate_commands_total{"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                r#"meshgate_commands_total{type="sendMessage",outcome="delivered"} 3"#,
+                r#"meshgate_commands_total{type="sendMessage",outcome="queue_full"} 1"#,
+                r#"meshgate_commands_total{type="spawnTask",outcome="sent"} 1"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn at_most_a_thousand_command_types_are_kept() {
+        let m = Metrics::default();
+        for i in 0..1_200 {
+            m.command(&format!("kind{i}"), "sent");
+        }
+        m.command("kind0", "sent");
+        let text = m.render(&[], &[]);
+        let count = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("meshgate_commands_total{"), 1_000);
+        assert!(text.contains(r#"meshgate_commands_total{type="kind0",outcome="sent"} 2"#));
     }
 }
