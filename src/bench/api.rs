@@ -204,6 +204,28 @@ fn established_on(port: u16) -> usize {
         .count()
 }
 
+impl Load {
+    /// Counts one request to task `i` sent at `t`: its status, or its
+    /// error (after which the worker pauses 10 ms).
+    async fn record(&mut self, i: usize, t: Instant, answer: Result<u16, String>) {
+        self.requests += 1;
+        match answer {
+            Ok(status) => {
+                self.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                *self.statuses.entry(status).or_default() += 1;
+                if status == 202 {
+                    self.accepted += 1;
+                    self.per_daemon[i] += 1;
+                }
+            }
+            Err(e) => {
+                *self.errors.entry(e).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 /// Where the load generator posts, and with which client.
 #[derive(Clone)]
 struct Target {
@@ -283,22 +305,11 @@ async fn lean_worker(target: &Target, tasks: &[Uuid], next: &AtomicUsize, end: I
         let t = Instant::now();
         let body = json!({"message": stamped_message(now_ns())}).to_string();
         let path = format!("/api/v1/mesh/tasks/{}/message", tasks[i]);
-        l.requests += 1;
-        match c.post_json(&path, &headers, body.as_bytes()).await {
-            Ok(status) => {
-                l.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                *l.statuses.entry(status).or_default() += 1;
-                if status == 202 {
-                    l.accepted += 1;
-                    l.per_daemon[i] += 1;
-                }
-            }
-            Err(e) => {
-                *l.errors.entry(e.to_string()).or_default() += 1;
-                conn = None;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        let answer = c.post_json(&path, &headers, body.as_bytes()).await;
+        if answer.is_err() {
+            conn = None;
         }
+        l.record(i, t, answer.map_err(|e| e.to_string())).await;
     }
     l
 }
@@ -332,23 +343,15 @@ async fn reqwest_worker(target: &Target, tasks: &[Uuid], next: &AtomicUsize, end
             .json(&body)
             .send()
             .await;
-        l.requests += 1;
-        match sent {
+        let answer = match sent {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let _ = resp.bytes().await;
-                l.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                *l.statuses.entry(status).or_default() += 1;
-                if status == 202 {
-                    l.accepted += 1;
-                    l.per_daemon[i] += 1;
-                }
+                Ok(status)
             }
-            Err(e) => {
-                *l.errors.entry(e.to_string()).or_default() += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+            Err(e) => Err(e.to_string()),
+        };
+        l.record(i, t, answer).await;
     }
     l
 }
