@@ -28,7 +28,7 @@ pub mod state;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use poem::{listener::TcpAcceptor, Server};
+use poem::Server;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -141,7 +141,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
     ];
 
     let addr = listener.local_addr()?;
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let acceptor = http::acceptor::NoDelayAcceptor::new(listener)?;
     let app = http::routes(state.clone());
     let stop_server = state.lifecycle.stop_server.clone();
     let timeout = state.config.drain();

@@ -1,6 +1,7 @@
 //! HTTP: the REST API (poem-openapi, documented at `/api/v1/openapi.json`
 //! and `/docs`), the daemon socket, health and metrics.
 
+pub mod acceptor;
 pub mod auth;
 pub mod daemon_socket;
 pub mod daemons;

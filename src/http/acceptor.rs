@@ -1,0 +1,56 @@
+//! The pod's TCP acceptor: poem's, with `TCP_NODELAY` on every accepted
+//! connection. Without it Nagle's algorithm holds a small write back while
+//! an earlier one is unacknowledged, and the peer's delayed ACK can make
+//! that up to 40 ms: a command written right after another to the same
+//! daemon, or the next live event to a web client, would wait for it. Each
+//! of those writes is a whole frame or response, so there is nothing to
+//! gain from Nagle's coalescing.
+
+use poem::{
+    http::uri::Scheme,
+    listener::{Acceptor, TcpAcceptor},
+    web::{LocalAddr, RemoteAddr},
+};
+use tokio::net::{TcpListener, TcpStream};
+
+pub struct NoDelayAcceptor(TcpAcceptor);
+
+impl NoDelayAcceptor {
+    pub fn new(listener: TcpListener) -> std::io::Result<Self> {
+        TcpAcceptor::from_tokio(listener).map(Self)
+    }
+}
+
+impl Acceptor for NoDelayAcceptor {
+    type Io = TcpStream;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(&mut self) -> std::io::Result<(TcpStream, LocalAddr, RemoteAddr, Scheme)> {
+        let (io, local, remote, scheme) = self.0.accept().await?;
+        if let Err(e) = io.set_nodelay(true) {
+            // The connection still works, only with Nagle's delays.
+            tracing::warn!(error = %e, "TCP_NODELAY not set on an accepted connection");
+        }
+        Ok((io, local, remote, scheme))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_set() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut acceptor = NoDelayAcceptor::new(listener).unwrap();
+        let client = tokio::spawn(TcpStream::connect(addr));
+        let (io, local, _, _) = acceptor.accept().await.unwrap();
+        assert!(io.nodelay().unwrap());
+        assert_eq!(local.as_socket_addr(), Some(&addr));
+        client.await.unwrap().unwrap();
+    }
+}
