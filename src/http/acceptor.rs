@@ -1,7 +1,7 @@
 //! The pod's TCP acceptor: poem's, with `TCP_NODELAY` on every accepted
 //! connection. Without it Nagle's algorithm holds a small write back while
-//! an earlier one is unacknowledged, and the peer's delayed ACK can make
-//! that up to 40 ms: a command written right after another to the same
+//! an earlier one is unacknowledged, and the other side's delayed ACK can
+//! make that up to 40 ms: a command written right after another to the same
 //! daemon, or the next live event to a web client, would wait for it. Each
 //! of those writes is a whole frame or response, so there is nothing to
 //! gain from Nagle's coalescing.
