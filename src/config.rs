@@ -50,6 +50,18 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
+    /// Connections the kernel holds for the pod before it accepts them
+    /// (the listen backlog; Linux caps it at `net.core.somaxconn`). The
+    /// usual 128 overflows when a fleet reconnects at once (a pod restart):
+    /// each dropped SYN is retried by the daemon's kernel only after 1 s.
+    #[arg(
+        long = "listen-backlog",
+        alias = "meshgate-listen-backlog",
+        env = "MESHGATE_LISTEN_BACKLOG",
+        default_value_t = 4096
+    )]
+    pub listen_backlog: u32,
+
     /// PostgreSQL connection URL.
     #[arg(
         long,

@@ -9,6 +9,9 @@ pub enum Error {
     /// PostgreSQL failed or is unreachable.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// A batched write failed; every caller of the batch holds this one error.
+    #[error("database error: {0}")]
+    DbShared(std::sync::Arc<sqlx::Error>),
     /// Migrations could not be applied.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -47,15 +50,18 @@ impl Error {
     /// True when PostgreSQL itself could not be reached (as opposed to a
     /// query being wrong), so callers can answer 503 rather than 500.
     pub fn is_db_unavailable(&self) -> bool {
+        let e = match self {
+            Error::Db(e) => e,
+            Error::DbShared(e) => e.as_ref(),
+            _ => return false,
+        };
         matches!(
-            self,
-            Error::Db(
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::WorkerCrashed
-            )
+            e,
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed
         )
     }
 }

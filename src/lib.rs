@@ -95,6 +95,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
     let state = AppState::new(state::Shared {
         config: Arc::new(config),
         pod_id: pod_id.clone(),
+        daemon_rows: db::daemons::DaemonRows::new(db.clone()),
         db,
         redis: redis.clone(),
         conns: Arc::new(Connections::default()),

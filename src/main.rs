@@ -75,10 +75,14 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(config) => config.worker_threads,
         // The other commands take it from the environment only: `bench`'s
         // pod B (the injector) reads all its pod settings from there.
-        _ => std::env::var("MESHGATE_WORKER_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        _ => match std::env::var("MESHGATE_WORKER_THREADS") {
+            Ok(v) => v.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "MESHGATE_WORKER_THREADS must be a whole number (0: one per CPU), not {v:?}"
+                )
+            })?,
+            Err(_) => 0,
+        },
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -98,7 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => {
             init_tracing(config.log_json);
-            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            let listener = meshgate::http::acceptor::bind(config.listen, config.listen_backlog)?;
             meshgate::run(*config, listener).await?;
         }
         Command::Migrate(args) => {

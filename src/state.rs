@@ -16,6 +16,7 @@ use crate::{
     },
     config::Config,
     daemon::connections::Connections,
+    db::daemons::DaemonRows,
     dispatch::Dispatcher,
     ingest::OutputQueue,
     key_usage::KeyUsage,
@@ -46,6 +47,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub pod_id: Arc<str>,
     pub db: PgPool,
+    /// Batched writes of daemon rows (registrations, heartbeats, ...).
+    pub daemon_rows: Arc<DaemonRows>,
     pub redis: Arc<Redis>,
     pub conns: Arc<Connections>,
     /// HTTP callers on this pod waiting for a daemon's answer.

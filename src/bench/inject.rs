@@ -103,7 +103,7 @@ pub async fn child() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .try_init();
     let config = EnvConfig::parse_from(["meshgate"]).config;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = crate::http::acceptor::bind(config.listen, config.listen_backlog)?;
     let pod = crate::start(config, listener).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
     let acked = Arc::new(AtomicU64::new(0));

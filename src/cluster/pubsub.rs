@@ -148,8 +148,6 @@ where
     })
 }
 
-impl Redis {}
-
 /// Subscribes both subscriber connections again to everything they track
 /// (after a topology change; harmless when nothing was lost). Returns
 /// whether everything was subscribed.

@@ -13,7 +13,7 @@ use crate::{
         events::{self, Audience},
         registry::{self, DaemonEntry},
     },
-    db,
+    db::daemons::{Directories, Registration},
     metrics::Metrics,
     protocol::{
         client::ClientEvent,
@@ -56,15 +56,13 @@ pub async fn authenticate(s: &mut Session, m: Authenticate) -> Step {
         ));
     }
     let owner_id = s.principal.owner_id;
-    let daemon_id = match db::daemons::upsert(
-        &s.state.db,
+    let registration = Registration {
         owner_id,
-        &machine_id,
-        &hostname,
+        machine_id: machine_id.clone(),
+        hostname: hostname.clone(),
         max_concurrent_tasks,
-    )
-    .await
-    {
+    };
+    let daemon_id = match s.state.daemon_rows.register(registration).await {
         Ok(id) => id,
         Err(e) => {
             Metrics::inc(&s.state.metrics.db_errors);
@@ -150,7 +148,12 @@ pub async fn heartbeat(s: &mut Session, me: &Registered, m: Heartbeat) -> Step {
         Metrics::inc(&s.state.metrics.redis_errors);
         tracing::warn!(daemon_id = %me.daemon_id, error = %e, "heartbeat not recorded in the registry");
     }
-    if let Err(e) = db::daemons::heartbeat(&s.state.db, s.principal.owner_id, me.daemon_id).await {
+    if let Err(e) = s
+        .state
+        .daemon_rows
+        .heartbeat(s.principal.owner_id, me.daemon_id)
+        .await
+    {
         Metrics::inc(&s.state.metrics.db_errors);
         tracing::warn!(daemon_id = %me.daemon_id, error = %e, "heartbeat not recorded in the database");
     }
@@ -170,20 +173,21 @@ pub async fn directories(s: &mut Session, me: &Registered, m: DaemonDirectories)
         ("homeDirectory", home.clone()),
         ("worktreesDirectory", worktrees.clone()),
     ];
+    let dirs = Directories {
+        working,
+        home,
+        worktrees,
+    };
     if let Err(e) = registry::touch(&s.state.redis, me.daemon_id, s.conn, &fields).await {
         Metrics::inc(&s.state.metrics.redis_errors);
         tracing::warn!(daemon_id = %me.daemon_id, error = %e, "directories not recorded in the registry");
     }
     let owner = s.principal.owner_id;
-    if let Err(e) = db::daemons::set_directories(
-        &s.state.db,
-        owner,
-        me.daemon_id,
-        &working,
-        &home,
-        &worktrees,
-    )
-    .await
+    if let Err(e) = s
+        .state
+        .daemon_rows
+        .set_directories(owner, me.daemon_id, dirs)
+        .await
     {
         Metrics::inc(&s.state.metrics.db_errors);
         tracing::warn!(daemon_id = %me.daemon_id, error = %e, "directories not recorded in the database");
@@ -215,7 +219,12 @@ pub async fn disconnected(s: &Session) {
     if !current {
         return;
     }
-    if let Err(e) = db::daemons::mark_disconnected(&s.state.db, owner_id, me.daemon_id).await {
+    if let Err(e) = s
+        .state
+        .daemon_rows
+        .disconnected(owner_id, me.daemon_id)
+        .await
+    {
         Metrics::inc(&s.state.metrics.db_errors);
         tracing::warn!(daemon_id = %me.daemon_id, error = %e, "disconnect time not recorded");
     }

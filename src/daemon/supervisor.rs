@@ -6,7 +6,7 @@
 
 use super::session::{error, task_not_found, Ctx, Step};
 use crate::{
-    db::{self, supervisors, tasks::TaskRef},
+    db::{supervisors, tasks::TaskRef},
     metrics::Metrics,
     protocol::daemon::SupervisorHeartbeat,
     Result,
@@ -44,7 +44,12 @@ async fn record(ctx: &Ctx<'_>, m: &SupervisorHeartbeat) -> Result<bool> {
 /// The daemon is evidently alive; its own heartbeat will say so again soon
 /// if this write is lost.
 async fn daemon_heartbeat_can_fail(ctx: &Ctx<'_>) {
-    if let Err(e) = db::daemons::heartbeat(&ctx.state.db, ctx.owner_id, ctx.daemon_id).await {
+    if let Err(e) = ctx
+        .state
+        .daemon_rows
+        .heartbeat(ctx.owner_id, ctx.daemon_id)
+        .await
+    {
         Metrics::inc(&ctx.state.metrics.db_errors);
         tracing::warn!(daemon_id = %ctx.daemon_id, error = %e, "daemon heartbeat not recorded");
     }

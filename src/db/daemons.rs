@@ -1,76 +1,481 @@
 //! Daemon rows: one per (owner, machine id), so a daemon keeps its id across
 //! reconnects. Whether it is connected *now* is the registry's business
 //! (Redis); the row keeps history (last seen, directories).
+//!
+//! A pod writes these rows through one [`DaemonRows`]: registrations,
+//! directory reports, heartbeats and disconnects that arrive while a write
+//! is in flight wait for it and then go out together, one statement per
+//! kind. A fleet reconnecting after a pod restart is thousands of
+//! registrations a second, and one statement and one commit each was what
+//! bound `bench register` (bench/RESULTS.md). A lone write goes out at once.
+//!
+//! One flush runs at a time per pod, so this pod's statements never lock
+//! the same rows in different orders. Another pod's may (one daemon moving
+//! to it while another moves back): PostgreSQL then aborts one statement
+//! with a deadlock error, and it is tried once more. Each write carries the
+//! time it happened, so batching does not change the times stored.
 
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+};
+
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::Result;
+use crate::{Error, Result};
 
-/// Creates or refreshes the row of (owner, machine id) and returns its id.
-pub async fn upsert(
+/// Writes per flush at most (bounds one statement's size and lock time).
+pub const MAX_BATCH: usize = 512;
+
+/// What `authenticate` stores.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub owner_id: Uuid,
+    pub machine_id: String,
+    pub hostname: String,
+    pub max_concurrent_tasks: i32,
+}
+
+/// Where a daemon keeps its work, as it reported.
+#[derive(Debug, Clone)]
+pub struct Directories {
+    pub working: String,
+    pub home: String,
+    pub worktrees: String,
+}
+
+/// A write to an existing row (`id` of `owner_id`; another owner's id
+/// changes nothing).
+#[derive(Debug, Clone)]
+enum Touch {
+    Directories(Directories),
+    Heartbeat(DateTime<Utc>),
+    Disconnected(DateTime<Utc>),
+}
+
+enum Pending {
+    Register {
+        row: Registration,
+        at: DateTime<Utc>,
+        done: oneshot::Sender<Result<Uuid>>,
+    },
+    Touch {
+        owner_id: Uuid,
+        id: Uuid,
+        touch: Touch,
+        done: oneshot::Sender<Result<()>>,
+    },
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Pending>,
+    /// A flusher task is running.
+    flushing: bool,
+}
+
+/// The pod's batched writer of daemon rows.
+pub struct DaemonRows {
+    pool: PgPool,
+    queue: Mutex<Queue>,
+    writes: AtomicU64,
+    statements: AtomicU64,
+}
+
+/// Writes asked for and statements that carried them, since the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowCounts {
+    pub writes: u64,
+    pub statements: u64,
+}
+
+impl DaemonRows {
+    pub fn new(pool: PgPool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            queue: Mutex::default(),
+            writes: AtomicU64::new(0),
+            statements: AtomicU64::new(0),
+        })
+    }
+
+    pub fn counts(&self) -> RowCounts {
+        RowCounts {
+            writes: self.writes.load(Ordering::Relaxed),
+            statements: self.statements.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock leaves a plain queue behind.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates or refreshes the row of (owner, machine id) and returns its id.
+    pub async fn register(self: &Arc<Self>, row: Registration) -> Result<Uuid> {
+        let (done, answer) = oneshot::channel();
+        self.push(Pending::Register {
+            row,
+            at: Utc::now(),
+            done,
+        });
+        answer.await.unwrap_or_else(|_| Err(abandoned()))
+    }
+
+    /// Records a heartbeat.
+    pub async fn heartbeat(self: &Arc<Self>, owner_id: Uuid, id: Uuid) -> Result<()> {
+        self.touch(owner_id, id, Touch::Heartbeat(Utc::now())).await
+    }
+
+    /// Stores the directories a daemon reported.
+    pub async fn set_directories(
+        self: &Arc<Self>,
+        owner_id: Uuid,
+        id: Uuid,
+        dirs: Directories,
+    ) -> Result<()> {
+        self.touch(owner_id, id, Touch::Directories(dirs)).await
+    }
+
+    /// Records that the daemon's current connection ended.
+    pub async fn disconnected(self: &Arc<Self>, owner_id: Uuid, id: Uuid) -> Result<()> {
+        self.touch(owner_id, id, Touch::Disconnected(Utc::now()))
+            .await
+    }
+
+    async fn touch(self: &Arc<Self>, owner_id: Uuid, id: Uuid, touch: Touch) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        self.push(Pending::Touch {
+            owner_id,
+            id,
+            touch,
+            done,
+        });
+        answer.await.unwrap_or_else(|_| Err(abandoned()))
+    }
+
+    fn push(self: &Arc<Self>, pending: Pending) {
+        let start = {
+            let mut queue = self.lock();
+            queue.waiting.push(pending);
+            !std::mem::replace(&mut queue.flushing, true)
+        };
+        if start {
+            tokio::spawn(flush(self.clone()));
+        }
+    }
+}
+
+fn abandoned() -> Error {
+    Error::Internal("the daemon-row write was abandoned".into())
+}
+
+/// Clears `flushing` if the flusher ends without doing so (a panic): the
+/// queued writes are dropped (their callers see an error) and the next
+/// write starts a new flusher.
+struct Reset {
+    rows: Arc<DaemonRows>,
+    armed: bool,
+}
+
+impl Drop for Reset {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut queue = self.rows.lock();
+            queue.flushing = false;
+            queue.waiting.clear();
+        }
+    }
+}
+
+/// Writes what is queued, batch after batch, until the queue is empty.
+async fn flush(rows: Arc<DaemonRows>) {
+    let mut guard = Reset {
+        rows: rows.clone(),
+        armed: true,
+    };
+    loop {
+        let taken: Vec<Pending> = {
+            let mut queue = rows.lock();
+            if queue.waiting.is_empty() {
+                queue.flushing = false;
+                drop(queue);
+                guard.armed = false;
+                return;
+            }
+            let n = queue.waiting.len().min(MAX_BATCH);
+            queue.waiting.drain(..n).collect()
+        };
+        rows.writes.fetch_add(taken.len() as u64, Ordering::Relaxed);
+        let statements = write(&rows.pool, taken).await;
+        rows.statements.fetch_add(statements, Ordering::Relaxed);
+    }
+}
+
+/// One batch: registrations first (a directory report follows its own
+/// registration, never shares its batch: the session waits in between),
+/// then each kind of touch. Returns how many statements it took.
+async fn write(pool: &PgPool, batch: Vec<Pending>) -> u64 {
+    let mut statements = 0;
+    let mut registers = Vec::new();
+    let (mut dirs, mut beats, mut gone) =
+        (Touches::default(), Touches::default(), Touches::default());
+    for p in batch {
+        match p {
+            Pending::Register { row, at, done } => registers.push((row, at, done)),
+            Pending::Touch {
+                owner_id,
+                id,
+                touch,
+                done,
+            } => match touch {
+                Touch::Directories(d) => dirs.push((owner_id, id, d), done),
+                Touch::Heartbeat(at) => beats.push((owner_id, id, at), done),
+                Touch::Disconnected(at) => gone.push((owner_id, id, at), done),
+            },
+        }
+    }
+    if !registers.is_empty() {
+        let answers: Vec<Result<Uuid>> = {
+            let rows: Vec<(&Registration, DateTime<Utc>)> =
+                registers.iter().map(|(r, at, _)| (r, *at)).collect();
+            statements += 1;
+            let ids = retried(|| upsert_many(pool, &rows)).await;
+            rows.iter()
+                .map(|(row, _)| match &ids {
+                    Ok(ids) => ids
+                        .get(&(row.owner_id, row.machine_id.as_str()))
+                        .copied()
+                        .ok_or_else(|| {
+                            Error::Internal("registration missing from its batch".into())
+                        }),
+                    Err(e) => Err(shared(e)),
+                })
+                .collect()
+        };
+        for ((_, _, done), answer) in registers.into_iter().zip(answers) {
+            let _ = done.send(answer);
+        }
+    }
+    if !dirs.items.is_empty() {
+        statements += 1;
+        let outcome = retried(|| update_directories(pool, &dirs.items)).await;
+        dirs.answer(&outcome);
+    }
+    for (group, column) in [(beats, Column::Heartbeat), (gone, Column::Disconnected)] {
+        if !group.items.is_empty() {
+            statements += 1;
+            let outcome = retried(|| update_time(pool, column, &group.items)).await;
+            group.answer(&outcome);
+        }
+    }
+    statements
+}
+
+/// Writes of one kind to existing rows, and their callers.
+struct Touches<T> {
+    items: Vec<T>,
+    dones: Vec<oneshot::Sender<Result<()>>>,
+}
+
+impl<T> Default for Touches<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            dones: Vec::new(),
+        }
+    }
+}
+
+impl<T> Touches<T> {
+    fn push(&mut self, item: T, done: oneshot::Sender<Result<()>>) {
+        self.items.push(item);
+        self.dones.push(done);
+    }
+
+    fn answer(self, outcome: &Result<(), Arc<sqlx::Error>>) {
+        for done in self.dones {
+            let _ = done.send(outcome.as_ref().map(|_| ()).map_err(shared));
+        }
+    }
+}
+
+/// Every caller of a failed batch gets the same error.
+fn shared(e: &Arc<sqlx::Error>) -> Error {
+    Error::DbShared(e.clone())
+}
+
+/// Runs `statement`, once more if PostgreSQL broke a deadlock by aborting it.
+async fn retried<T, F, Fut>(mut statement: F) -> Result<T, Arc<sqlx::Error>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    match statement().await {
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("40P01") => {
+            tracing::warn!(error = %db, "daemon-row batch hit a deadlock; trying again");
+            statement().await.map_err(Arc::new)
+        }
+        other => other.map_err(Arc::new),
+    }
+}
+
+/// Inserts or refreshes the rows (the last write of a key in the batch
+/// wins); their ids by (owner, machine id).
+async fn upsert_many<'a>(
     pool: &PgPool,
-    owner_id: Uuid,
-    machine_id: &str,
-    hostname: &str,
-    max_concurrent_tasks: i32,
-) -> Result<Uuid> {
-    Ok(sqlx::query_scalar(
+    rows: &[(&'a Registration, DateTime<Utc>)],
+) -> Result<HashMap<(Uuid, &'a str), Uuid>, sqlx::Error> {
+    // One row per key: a statement may not update one row twice. Sorted, so
+    // concurrent batches of several pods lock rows in one order.
+    let mut last: HashMap<(Uuid, &str), usize> = HashMap::with_capacity(rows.len());
+    for (i, (r, _)) in rows.iter().enumerate() {
+        last.insert((r.owner_id, r.machine_id.as_str()), i);
+    }
+    let mut unique: Vec<usize> = last.into_values().collect();
+    unique.sort_by_key(|&i| (rows[i].0.owner_id, rows[i].0.machine_id.as_str()));
+    let owners: Vec<Uuid> = unique.iter().map(|&i| rows[i].0.owner_id).collect();
+    let machines: Vec<&str> = unique
+        .iter()
+        .map(|&i| rows[i].0.machine_id.as_str())
+        .collect();
+    let hostnames: Vec<&str> = unique
+        .iter()
+        .map(|&i| rows[i].0.hostname.as_str())
+        .collect();
+    let limits: Vec<i32> = unique
+        .iter()
+        .map(|&i| rows[i].0.max_concurrent_tasks)
+        .collect();
+    let times: Vec<DateTime<Utc>> = unique.iter().map(|&i| rows[i].1).collect();
+    let returned: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
         "INSERT INTO daemons (owner_id, machine_id, hostname, max_concurrent_tasks, last_connected_at)
-         VALUES ($1, $2, $3, $4, now())
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[])
          ON CONFLICT (owner_id, machine_id) DO UPDATE
            SET hostname = EXCLUDED.hostname,
                max_concurrent_tasks = EXCLUDED.max_concurrent_tasks,
-               last_connected_at = now()
-         RETURNING id",
+               last_connected_at = EXCLUDED.last_connected_at
+         RETURNING owner_id, machine_id, id",
     )
-    .bind(owner_id)
-    .bind(machine_id)
-    .bind(hostname)
-    .bind(max_concurrent_tasks)
-    .fetch_one(pool)
-    .await?)
+    .bind(&owners)
+    .bind(&machines)
+    .bind(&hostnames)
+    .bind(&limits)
+    .bind(&times)
+    .fetch_all(pool)
+    .await?;
+    let by_key: HashMap<(Uuid, String), Uuid> = returned
+        .into_iter()
+        .map(|(owner, machine, id)| ((owner, machine), id))
+        .collect();
+    Ok(rows
+        .iter()
+        .filter_map(|(r, _)| {
+            let id = by_key.get(&(r.owner_id, r.machine_id.clone()))?;
+            Some(((r.owner_id, r.machine_id.as_str()), *id))
+        })
+        .collect())
 }
 
-/// Records a heartbeat.
-pub async fn heartbeat(pool: &PgPool, owner_id: Uuid, daemon_id: Uuid) -> Result<()> {
-    sqlx::query("UPDATE daemons SET last_heartbeat_at = now() WHERE id = $1 AND owner_id = $2")
-        .bind(daemon_id)
-        .bind(owner_id)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Stores the directories a daemon reported.
-pub async fn set_directories(
+/// Stores reported directories (the last report of a daemon in the batch wins).
+async fn update_directories(
     pool: &PgPool,
-    owner_id: Uuid,
-    daemon_id: Uuid,
-    working: &str,
-    home: &str,
-    worktrees: &str,
-) -> Result<()> {
+    items: &[(Uuid, Uuid, Directories)],
+) -> Result<(), sqlx::Error> {
+    let items = last_per_row(items, |(owner, id, _)| (*owner, *id));
+    let owners: Vec<Uuid> = items.iter().map(|(o, _, _)| *o).collect();
+    let ids: Vec<Uuid> = items.iter().map(|(_, id, _)| *id).collect();
+    let working: Vec<&str> = items.iter().map(|(_, _, d)| d.working.as_str()).collect();
+    let home: Vec<&str> = items.iter().map(|(_, _, d)| d.home.as_str()).collect();
+    let trees: Vec<&str> = items.iter().map(|(_, _, d)| d.worktrees.as_str()).collect();
     sqlx::query(
-        "UPDATE daemons SET working_directory = $3, home_directory = $4, worktrees_directory = $5
-         WHERE id = $1 AND owner_id = $2",
+        "UPDATE daemons d
+            SET working_directory = u.working, home_directory = u.home,
+                worktrees_directory = u.worktrees
+           FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])
+                AS u(owner_id, id, working, home, worktrees)
+          WHERE d.id = u.id AND d.owner_id = u.owner_id",
     )
-    .bind(daemon_id)
-    .bind(owner_id)
-    .bind(working)
-    .bind(home)
-    .bind(worktrees)
+    .bind(&owners)
+    .bind(&ids)
+    .bind(&working)
+    .bind(&home)
+    .bind(&trees)
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// Records that the daemon's current connection ended.
-pub async fn mark_disconnected(pool: &PgPool, owner_id: Uuid, daemon_id: Uuid) -> Result<()> {
-    sqlx::query("UPDATE daemons SET last_disconnected_at = now() WHERE id = $1 AND owner_id = $2")
-        .bind(daemon_id)
-        .bind(owner_id)
+#[derive(Clone, Copy)]
+enum Column {
+    Heartbeat,
+    Disconnected,
+}
+
+/// Sets a time column (the latest time of a daemon in the batch wins).
+async fn update_time(
+    pool: &PgPool,
+    column: Column,
+    items: &[(Uuid, Uuid, DateTime<Utc>)],
+) -> Result<(), sqlx::Error> {
+    let mut latest: HashMap<(Uuid, Uuid), DateTime<Utc>> = HashMap::new();
+    for (owner, id, at) in items {
+        let t = latest.entry((*owner, *id)).or_insert(*at);
+        *t = (*t).max(*at);
+    }
+    let mut rows: Vec<_> = latest.into_iter().collect();
+    rows.sort_by_key(|((_, id), _)| *id);
+    let owners: Vec<Uuid> = rows.iter().map(|((o, _), _)| *o).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|((_, id), _)| *id).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|(_, at)| *at).collect();
+    let sql = match column {
+        Column::Heartbeat => {
+            "UPDATE daemons d SET last_heartbeat_at = u.at
+               FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[]) AS u(owner_id, id, at)
+              WHERE d.id = u.id AND d.owner_id = u.owner_id"
+        }
+        Column::Disconnected => {
+            "UPDATE daemons d SET last_disconnected_at = u.at
+               FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[]) AS u(owner_id, id, at)
+              WHERE d.id = u.id AND d.owner_id = u.owner_id"
+        }
+    };
+    sqlx::query(sql)
+        .bind(&owners)
+        .bind(&ids)
+        .bind(&times)
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// The last item of each row, sorted by row id (one lock order).
+fn last_per_row<T>(items: &[T], key: impl Fn(&T) -> (Uuid, Uuid)) -> Vec<&T> {
+    let mut last: HashMap<(Uuid, Uuid), &T> = HashMap::with_capacity(items.len());
+    for item in items {
+        last.insert(key(item), item);
+    }
+    let mut rows: Vec<((Uuid, Uuid), &T)> = last.into_iter().collect();
+    rows.sort_by_key(|((_, id), _)| *id);
+    rows.into_iter().map(|(_, item)| item).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_item_of_each_row_is_kept_in_id_order() {
+        let (o, a, b) = (Uuid::new_v4(), Uuid::from_u128(2), Uuid::from_u128(1));
+        let items = [(o, a, "first"), (o, b, "only"), (o, a, "second")];
+        let kept = last_per_row(&items, |(o, id, _)| (*o, *id));
+        let kept: Vec<_> = kept.iter().map(|(_, id, s)| (*id, *s)).collect();
+        assert_eq!(kept, vec![(b, "only"), (a, "second")]);
+    }
 }

@@ -11,7 +11,21 @@ use poem::{
     listener::{Acceptor, TcpAcceptor},
     web::{LocalAddr, RemoteAddr},
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Binds `addr` with a listen backlog of `backlog` (`TcpListener::bind`
+/// always asks for 128).
+pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Like `TcpListener::bind`: a restarted pod may bind its port at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
 
 pub struct NoDelayAcceptor(TcpAcceptor);
 
@@ -52,5 +66,23 @@ mod tests {
         assert!(io.nodelay().unwrap());
         assert_eq!(local.as_socket_addr(), Some(&addr));
         client.await.unwrap().unwrap();
+    }
+
+    /// 300 clients connect while the pod accepts nothing (it is busy): the
+    /// kernel completes every handshake. With `TcpListener::bind`'s 128 the
+    /// SYNs past the 129th are dropped and retried only after a second.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_backlog() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 512).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..300).map(|_| TcpStream::connect(addr));
+        let all = tokio::time::timeout(
+            std::time::Duration::from_millis(900),
+            futures_util::future::join_all(connects),
+        )
+        .await
+        .expect("no SYN was dropped (a dropped one is retried after 1 s)");
+        assert!(all.iter().all(|c| c.is_ok()));
+        drop(listener);
     }
 }

@@ -8,6 +8,7 @@ mod client;
 mod cluster;
 mod connect;
 mod crash;
+mod daemon_rows;
 mod events;
 mod files;
 mod git_results;
