@@ -50,20 +50,24 @@ impl Error {
     /// True when PostgreSQL itself could not be reached (as opposed to a
     /// query being wrong), so callers can answer 503 rather than 500.
     pub fn is_db_unavailable(&self) -> bool {
-        let e = match self {
-            Error::Db(e) => e,
-            Error::DbShared(e) => e.as_ref(),
-            _ => return false,
-        };
-        matches!(
-            e,
-            sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::WorkerCrashed
-        )
+        match self {
+            Error::Db(e) => sqlx_unavailable(e),
+            Error::DbShared(e) => sqlx_unavailable(e),
+            _ => false,
+        }
     }
+}
+
+/// True when a sqlx error means PostgreSQL could not be reached.
+pub fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+    )
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -49,6 +49,13 @@ pub async fn authenticate(s: &mut Session, m: Authenticate) -> Step {
             "hostname must be at most 255 characters",
         ));
     }
+    if machine_id.contains('\0') || hostname.contains('\0') {
+        // PostgreSQL cannot store NUL in text.
+        return Step::Reply(error(
+            "PARSE_ERROR",
+            "machineId and hostname must not contain NUL characters",
+        ));
+    }
     if !(1..=10_000).contains(&max_concurrent_tasks) {
         return Step::Reply(error(
             "PARSE_ERROR",
@@ -163,6 +170,16 @@ pub async fn heartbeat(s: &mut Session, me: &Registered, m: Heartbeat) -> Step {
 /// `daemonDirectories`: where the daemon keeps its work, for clients.
 pub async fn directories(s: &mut Session, me: &Registered, m: DaemonDirectories) -> Step {
     let (working, home, worktrees) = (m.working_directory, m.home_directory, m.worktrees_directory);
+    if [&working, &home, &worktrees]
+        .iter()
+        .any(|d| d.contains('\0'))
+    {
+        // PostgreSQL cannot store NUL in text.
+        return Step::Reply(error(
+            "PARSE_ERROR",
+            "directories must not contain NUL characters",
+        ));
+    }
     s.state.conns.update_entry(s.conn, |e| {
         e.working_directory = Some(working.clone());
         e.home_directory = Some(home.clone());

@@ -12,8 +12,17 @@
 //! One flush runs at a time per pod, so this pod's statements never lock
 //! the same rows in different orders. Another pod's may (one daemon moving
 //! to it while another moves back): PostgreSQL then aborts one statement
-//! with a deadlock error, and it is tried once more. Each write carries the
-//! time it happened, so batching does not change the times stored.
+//! with a deadlock error, and it is tried once more.
+//!
+//! One bad write does not fail its batch: when a statement is refused for
+//! its data (SQLSTATE classes 22 and 23), its writes are tried one by one,
+//! so only the bad one fails. When PostgreSQL cannot be reached, everything
+//! queued fails with that error at once instead of each batch waiting out
+//! the pool's acquire timeout in turn.
+//!
+//! Each write carries the time it happened (this pod's clock), and a time
+//! column only moves forward: a batch that waited does not overwrite a
+//! later time another pod wrote.
 
 use std::{
     collections::HashMap,
@@ -167,7 +176,13 @@ impl DaemonRows {
             !std::mem::replace(&mut queue.flushing, true)
         };
         if start {
-            tokio::spawn(flush(self.clone()));
+            // Armed before the spawn: a flusher dropped before it first
+            // runs (runtime shutting down) still clears `flushing`.
+            let guard = Reset {
+                rows: self.clone(),
+                armed: true,
+            };
+            tokio::spawn(flush(guard));
         }
     }
 }
@@ -176,9 +191,9 @@ fn abandoned() -> Error {
     Error::Internal("the daemon-row write was abandoned".into())
 }
 
-/// Clears `flushing` if the flusher ends without doing so (a panic): the
-/// queued writes are dropped (their callers see an error) and the next
-/// write starts a new flusher.
+/// Clears `flushing` if the flusher ends without doing so (a panic, or
+/// never run): the queued writes are dropped (their callers see an error)
+/// and the next write starts a new flusher.
 struct Reset {
     rows: Arc<DaemonRows>,
     armed: bool,
@@ -195,11 +210,8 @@ impl Drop for Reset {
 }
 
 /// Writes what is queued, batch after batch, until the queue is empty.
-async fn flush(rows: Arc<DaemonRows>) {
-    let mut guard = Reset {
-        rows: rows.clone(),
-        armed: true,
-    };
+async fn flush(mut guard: Reset) {
+    let rows = guard.rows.clone();
     loop {
         let taken: Vec<Pending> = {
             let mut queue = rows.lock();
@@ -213,75 +225,201 @@ async fn flush(rows: Arc<DaemonRows>) {
             queue.waiting.drain(..n).collect()
         };
         rows.writes.fetch_add(taken.len() as u64, Ordering::Relaxed);
-        let statements = write(&rows.pool, taken).await;
-        rows.statements.fetch_add(statements, Ordering::Relaxed);
+        let mut batch = Batch {
+            pool: &rows.pool,
+            statements: 0,
+            unreachable: None,
+        };
+        batch.write(taken).await;
+        rows.statements
+            .fetch_add(batch.statements, Ordering::Relaxed);
+        if let Some(e) = batch.unreachable {
+            // Everything queued meanwhile would only wait for the same error.
+            let queued = std::mem::take(&mut rows.lock().waiting);
+            rows.writes
+                .fetch_add(queued.len() as u64, Ordering::Relaxed);
+            for p in queued {
+                p.fail(&e);
+            }
+        }
     }
 }
 
-/// One batch: registrations first (a directory report follows its own
-/// registration, never shares its batch: the session waits in between),
-/// then each kind of touch. Returns how many statements it took.
-async fn write(pool: &PgPool, batch: Vec<Pending>) -> u64 {
-    let mut statements = 0;
-    let mut registers = Vec::new();
-    let (mut dirs, mut beats, mut gone) =
-        (Touches::default(), Touches::default(), Touches::default());
-    for p in batch {
-        match p {
-            Pending::Register { row, at, done } => registers.push((row, at, done)),
-            Pending::Touch {
-                owner_id,
-                id,
-                touch,
-                done,
-            } => match touch {
-                Touch::Directories(d) => dirs.push((owner_id, id, d), done),
-                Touch::Heartbeat(at) => beats.push((owner_id, id, at), done),
-                Touch::Disconnected(at) => gone.push((owner_id, id, at), done),
-            },
+impl Pending {
+    fn fail(self, e: &Arc<sqlx::Error>) {
+        match self {
+            Pending::Register { done, .. } => {
+                let _ = done.send(Err(shared(e)));
+            }
+            Pending::Touch { done, .. } => {
+                let _ = done.send(Err(shared(e)));
+            }
         }
     }
-    if !registers.is_empty() {
+}
+
+/// Whether PostgreSQL refused a statement for its data (it can never
+/// succeed as it is), as opposed to being unreachable or failing.
+fn refused_for_data(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        _ => false,
+    }
+}
+
+/// One flush: its statements, and whether PostgreSQL was unreachable.
+struct Batch<'a> {
+    pool: &'a PgPool,
+    /// Statements tried.
+    statements: u64,
+    /// Set by the first statement that could not reach PostgreSQL; no
+    /// further statement is tried.
+    unreachable: Option<Arc<sqlx::Error>>,
+}
+
+/// A statement over some writes of one kind.
+enum Stmt<'a> {
+    Directories(&'a [(Uuid, Uuid, Directories)]),
+    Time(Column, &'a [(Uuid, Uuid, DateTime<Utc>)]),
+}
+
+fn directories_stmt(items: &[(Uuid, Uuid, Directories)]) -> Stmt<'_> {
+    Stmt::Directories(items)
+}
+
+fn heartbeats_stmt(items: &[(Uuid, Uuid, DateTime<Utc>)]) -> Stmt<'_> {
+    Stmt::Time(Column::Heartbeat, items)
+}
+
+fn disconnects_stmt(items: &[(Uuid, Uuid, DateTime<Utc>)]) -> Stmt<'_> {
+    Stmt::Time(Column::Disconnected, items)
+}
+
+async fn exec(pool: &PgPool, stmt: Stmt<'_>) -> Result<(), sqlx::Error> {
+    match stmt {
+        Stmt::Directories(items) => update_directories(pool, items).await,
+        Stmt::Time(column, items) => update_time(pool, column, items).await,
+    }
+}
+
+impl Batch<'_> {
+    /// Runs one statement (once more after a deadlock), unless PostgreSQL
+    /// was already found unreachable.
+    async fn run<T, F, Fut>(&mut self, statement: F) -> Result<T, Arc<sqlx::Error>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        if let Some(e) = &self.unreachable {
+            return Err(e.clone());
+        }
+        self.statements += 1;
+        let outcome = retried(statement).await;
+        if let Err(e) = &outcome {
+            if crate::error::sqlx_unavailable(e) {
+                self.unreachable = Some(e.clone());
+            }
+        }
+        outcome
+    }
+
+    /// Registrations first (a directory report follows its own
+    /// registration, never shares its batch: the session waits in between),
+    /// then each kind of touch.
+    async fn write(&mut self, batch: Vec<Pending>) {
+        let mut registers = Vec::new();
+        let mut dirs = Touches::default();
+        let (mut beats, mut gone) = (Touches::default(), Touches::default());
+        for p in batch {
+            match p {
+                Pending::Register { row, at, done } => registers.push((row, at, done)),
+                Pending::Touch {
+                    owner_id,
+                    id,
+                    touch,
+                    done,
+                } => match touch {
+                    Touch::Directories(d) => dirs.push((owner_id, id, d), done),
+                    Touch::Heartbeat(at) => beats.push((owner_id, id, at), done),
+                    Touch::Disconnected(at) => gone.push((owner_id, id, at), done),
+                },
+            }
+        }
+        if !registers.is_empty() {
+            self.register(registers).await;
+        }
+        self.touch_all(dirs, directories_stmt).await;
+        self.touch_all(beats, heartbeats_stmt).await;
+        self.touch_all(gone, disconnects_stmt).await;
+    }
+
+    /// Upserts the rows in one statement or, when it was refused for its
+    /// data, one by one; answers every caller with its id or its error.
+    async fn register(&mut self, registers: Vec<(Registration, DateTime<Utc>, Answer<Uuid>)>) {
         let answers: Vec<Result<Uuid>> = {
             let rows: Vec<(&Registration, DateTime<Utc>)> =
                 registers.iter().map(|(r, at, _)| (r, *at)).collect();
-            statements += 1;
-            let ids = retried(|| upsert_many(pool, &rows)).await;
-            rows.iter()
-                .map(|(row, _)| match &ids {
-                    Ok(ids) => ids
-                        .get(&(row.owner_id, row.machine_id.as_str()))
-                        .copied()
-                        .ok_or_else(|| {
-                            Error::Internal("registration missing from its batch".into())
-                        }),
-                    Err(e) => Err(shared(e)),
-                })
-                .collect()
+            let pool = self.pool;
+            match self.run(|| upsert_many(pool, &rows)).await {
+                Ok(ids) => rows.iter().map(|(r, _)| id_of(&ids, r)).collect(),
+                Err(e) if refused_for_data(&e) && rows.len() > 1 => {
+                    let mut answers = Vec::with_capacity(rows.len());
+                    for i in 0..rows.len() {
+                        let one = &rows[i..=i];
+                        answers.push(match self.run(|| upsert_many(pool, one)).await {
+                            Ok(ids) => id_of(&ids, rows[i].0),
+                            Err(e) => Err(shared(&e)),
+                        });
+                    }
+                    answers
+                }
+                Err(e) => rows.iter().map(|_| Err(shared(&e))).collect(),
+            }
         };
         for ((_, _, done), answer) in registers.into_iter().zip(answers) {
             let _ = done.send(answer);
         }
     }
-    if !dirs.items.is_empty() {
-        statements += 1;
-        let outcome = retried(|| update_directories(pool, &dirs.items)).await;
-        dirs.answer(&outcome);
-    }
-    for (group, column) in [(beats, Column::Heartbeat), (gone, Column::Disconnected)] {
-        if !group.items.is_empty() {
-            statements += 1;
-            let outcome = retried(|| update_time(pool, column, &group.items)).await;
-            group.answer(&outcome);
+
+    /// Runs `stmt` over every write of `group`, or one by one when it was
+    /// refused for its data; answers every caller.
+    async fn touch_all<T>(&mut self, group: Touches<T>, stmt: for<'b> fn(&'b [T]) -> Stmt<'b>) {
+        let n = group.items.len();
+        if n == 0 {
+            return;
+        }
+        let pool = self.pool;
+        let outcomes = match self.run(|| exec(pool, stmt(&group.items))).await {
+            Err(e) if refused_for_data(&e) && n > 1 => {
+                let mut outcomes = Vec::with_capacity(n);
+                for i in 0..n {
+                    let one = &group.items[i..=i];
+                    outcomes.push(self.run(|| exec(pool, stmt(one))).await);
+                }
+                outcomes
+            }
+            all => vec![all; n],
+        };
+        for (done, outcome) in group.dones.into_iter().zip(outcomes) {
+            let _ = done.send(outcome.map_err(|e| shared(&e)));
         }
     }
-    statements
+}
+
+type Answer<T> = oneshot::Sender<Result<T>>;
+
+fn id_of(ids: &HashMap<(Uuid, &str), Uuid>, row: &Registration) -> Result<Uuid> {
+    ids.get(&(row.owner_id, row.machine_id.as_str()))
+        .copied()
+        .ok_or_else(|| Error::Internal("registration missing from its batch".into()))
 }
 
 /// Writes of one kind to existing rows, and their callers.
 struct Touches<T> {
     items: Vec<T>,
-    dones: Vec<oneshot::Sender<Result<()>>>,
+    dones: Vec<Answer<()>>,
 }
 
 impl<T> Default for Touches<T> {
@@ -294,15 +432,9 @@ impl<T> Default for Touches<T> {
 }
 
 impl<T> Touches<T> {
-    fn push(&mut self, item: T, done: oneshot::Sender<Result<()>>) {
+    fn push(&mut self, item: T, done: Answer<()>) {
         self.items.push(item);
         self.dones.push(done);
-    }
-
-    fn answer(self, outcome: &Result<(), Arc<sqlx::Error>>) {
-        for done in self.dones {
-            let _ = done.send(outcome.as_ref().map(|_| ()).map_err(shared));
-        }
     }
 }
 
@@ -360,7 +492,7 @@ async fn upsert_many<'a>(
          ON CONFLICT (owner_id, machine_id) DO UPDATE
            SET hostname = EXCLUDED.hostname,
                max_concurrent_tasks = EXCLUDED.max_concurrent_tasks,
-               last_connected_at = EXCLUDED.last_connected_at
+               last_connected_at = GREATEST(daemons.last_connected_at, EXCLUDED.last_connected_at)
          RETURNING owner_id, machine_id, id",
     )
     .bind(&owners)
@@ -436,12 +568,12 @@ async fn update_time(
     let times: Vec<DateTime<Utc>> = rows.iter().map(|(_, at)| *at).collect();
     let sql = match column {
         Column::Heartbeat => {
-            "UPDATE daemons d SET last_heartbeat_at = u.at
+            "UPDATE daemons d SET last_heartbeat_at = GREATEST(d.last_heartbeat_at, u.at)
                FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[]) AS u(owner_id, id, at)
               WHERE d.id = u.id AND d.owner_id = u.owner_id"
         }
         Column::Disconnected => {
-            "UPDATE daemons d SET last_disconnected_at = u.at
+            "UPDATE daemons d SET last_disconnected_at = GREATEST(d.last_disconnected_at, u.at)
                FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[]) AS u(owner_id, id, at)
               WHERE d.id = u.id AND d.owner_id = u.owner_id"
         }

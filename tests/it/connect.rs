@@ -80,8 +80,23 @@ async fn messages_before_authenticate_are_refused_and_bad_frames_do_not_close_th
         assert_eq!(reply["code"], "PARSE_ERROR", "for {bad}");
     }
 
+    // A name PostgreSQL cannot store is refused before it reaches it.
+    d.send(json!({
+        "type": "authenticate", "apiKey": owner.key, "machineId": "m\u{0}1",
+        "hostname": "h", "maxConcurrentTasks": 2
+    }))
+    .await;
+    let reply = d.recv().await;
+    assert_eq!(reply["code"], "PARSE_ERROR", "{reply}");
+
     // Still open: registration works after all that.
     let id = d.authenticate(&owner.key, "machine-1").await;
+    d.send(json!({
+        "type": "daemonDirectories", "workingDirectory": "/w\u{0}",
+        "homeDirectory": "/h", "worktreesDirectory": "/t"
+    }))
+    .await;
+    assert_eq!(d.recv().await["code"], "PARSE_ERROR");
 
     // And after registration too.
     d.send_text("{oops".into()).await;

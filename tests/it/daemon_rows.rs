@@ -1,8 +1,8 @@
 //! Daemon rows written in batches ([`meshgate::db::daemons::DaemonRows`]),
 //! against the test PostgreSQL: writes made together share one statement,
 //! each caller gets its own answer, another owner's id changes nothing,
-//! and a database that is gone fails every caller without wedging the
-//! queue.
+//! one bad write fails alone, times only move forward, and a database that
+//! is gone fails every queued caller at once without wedging the queue.
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
@@ -137,6 +137,79 @@ async fn touches_reach_only_the_owners_row_and_the_last_report_wins() {
     let (_, _, beat, gone) = row(&env, mine).await;
     assert!(beat.unwrap() > first);
     assert!(gone.is_some());
+
+    // A later time written by another pod is not overwritten by an earlier one.
+    sqlx::query(
+        "UPDATE daemons SET last_heartbeat_at = now() + interval '1 hour',
+                            last_connected_at = now() + interval '1 hour' WHERE id = $1",
+    )
+    .bind(mine)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let (_, _, later, _) = row(&env, mine).await;
+    rows.heartbeat(alice, mine).await.unwrap();
+    rows.register(registration(alice, "m", "h")).await.unwrap();
+    let (_, _, beat, _) = row(&env, mine).await;
+    assert_eq!(beat, later);
+    let connected: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT last_connected_at FROM daemons WHERE id = $1")
+            .bind(mine)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(connected, later);
+}
+
+#[tokio::test]
+async fn one_write_postgresql_refuses_fails_alone() {
+    let env = TestEnv::new().await;
+    let rows = DaemonRows::new(env.pool.clone());
+    let owner = env.owner().await.owner_id;
+    // PostgreSQL refuses NUL in text (the socket refuses it earlier; this
+    // is the writer's own guard).
+    let hostnames: Vec<String> = (0..10)
+        .map(|i| {
+            if i == 4 {
+                "bad\0host".into()
+            } else {
+                format!("h{i}")
+            }
+        })
+        .collect();
+    let outcomes = join_all(
+        hostnames
+            .iter()
+            .enumerate()
+            .map(|(i, h)| rows.register(registration(owner, &format!("m{i}"), h))),
+    )
+    .await;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i == 4 {
+            let e = outcome.as_ref().expect_err("refused");
+            assert!(!e.is_db_unavailable(), "a data error, not an outage: {e}");
+        } else {
+            let id = *outcome.as_ref().expect("the others are stored");
+            assert_eq!(row(&env, id).await.0, format!("h{i}"));
+        }
+    }
+    // The batch, then each of its ten alone.
+    assert_eq!(rows.counts().statements, 11);
+
+    let ids: Vec<Uuid> = outcomes.into_iter().filter_map(Result::ok).collect();
+    let dirs = |w: &str| Directories {
+        working: w.into(),
+        home: "/h".into(),
+        worktrees: "/t".into(),
+    };
+    let (good, bad) = tokio::join!(
+        rows.set_directories(owner, ids[0], dirs("/good")),
+        rows.set_directories(owner, ids[1], dirs("/bad\0")),
+    );
+    good.expect("stored");
+    assert!(bad.is_err());
+    assert_eq!(row(&env, ids[0]).await.1.as_deref(), Some("/good"));
+    assert_eq!(row(&env, ids[1]).await.1, None);
 }
 
 #[tokio::test]
@@ -150,17 +223,32 @@ async fn a_database_that_is_gone_fails_every_caller_and_the_queue_goes_on() {
         .unwrap();
     let rows = DaemonRows::new(gone);
     let owner = env.owner().await.owner_id;
-    let outcomes =
-        join_all((0..20).map(|i| rows.register(registration(owner, &format!("m{i}"), "h")))).await;
-    for outcome in outcomes {
-        let e = outcome.expect_err("nothing is written");
+    let (registered, beaten) = tokio::join!(
+        join_all((0..20).map(|i| rows.register(registration(owner, &format!("m{i}"), "h")))),
+        join_all((0..5).map(|_| rows.heartbeat(owner, Uuid::new_v4()))),
+    );
+    let errors = registered
+        .into_iter()
+        .map(|r| r.map(|_| ()))
+        .chain(beaten)
+        .map(|r| r.expect_err("nothing is written"));
+    for e in errors {
         assert!(e.is_db_unavailable(), "reported as unavailable: {e}");
     }
+    // Only the first statement waited for the database; the heartbeats
+    // behind it got its error without trying.
+    assert_eq!(
+        rows.counts(),
+        RowCounts {
+            writes: 25,
+            statements: 1
+        }
+    );
     let beat = rows.heartbeat(owner, Uuid::new_v4()).await;
     assert!(beat.expect_err("still failing").is_db_unavailable());
     assert_eq!(
         rows.counts().writes,
-        21,
+        26,
         "the queue took the later write too"
     );
 }
