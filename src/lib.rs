@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod batch_queue;
 pub mod bench;
 pub mod clients;
 pub mod cluster;

@@ -21,7 +21,7 @@
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc,
     },
     time::Duration,
 };
@@ -33,6 +33,8 @@ use fred::{
 };
 use tokio::{sync::oneshot, time::Instant};
 use uuid::Uuid;
+
+use crate::batch_queue::{BatchQueue, Turn};
 
 /// Commands per script call at most (bounds how long one call holds Redis).
 pub const MAX_BATCH: usize = 128;
@@ -46,16 +48,9 @@ pub struct Bucket {
     publish: &'static str,
     /// How long a caller waits at most (the Redis command timeout).
     timeout: Duration,
-    queue: Mutex<Queue>,
+    queue: Arc<BatchQueue<Waiting>>,
     /// Script calls made (shared by a pod's buckets).
     calls: Arc<AtomicU64>,
-}
-
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Waiting>,
-    /// A flusher task is running for this bucket.
-    flushing: bool,
 }
 
 struct Waiting {
@@ -82,13 +77,9 @@ impl Bucket {
             prefix,
             publish,
             timeout,
-            queue: Mutex::default(),
+            queue: Arc::default(),
             calls,
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -103,19 +94,15 @@ pub async fn route(
 ) -> Result<i64, Error> {
     let (done, answer) = oneshot::channel();
     let deadline = Instant::now() + bucket.timeout;
-    let start = {
-        let mut queue = bucket.lock();
-        queue.waiting.push(Waiting {
-            key,
-            daemon_id,
-            payload,
-            deadline,
-            done,
-        });
-        !std::mem::replace(&mut queue.flushing, true)
+    let waiting = Waiting {
+        key,
+        daemon_id,
+        payload,
+        deadline,
+        done,
     };
-    if start {
-        tokio::spawn(flush(bucket.clone()));
+    if let Some(turn) = bucket.queue.push(waiting) {
+        tokio::spawn(flush(bucket.clone(), turn));
     }
     match tokio::time::timeout_at(deadline, answer).await {
         Ok(Ok(answer)) => answer,
@@ -132,23 +119,8 @@ fn timed_out() -> Error {
 }
 
 /// Sends what is queued, batch after batch, until the queue is empty.
-async fn flush(bucket: Arc<Bucket>) {
-    let mut guard = Reset {
-        bucket: bucket.clone(),
-        armed: true,
-    };
-    loop {
-        let taken: Vec<Waiting> = {
-            let mut queue = bucket.lock();
-            if queue.waiting.is_empty() {
-                queue.flushing = false;
-                drop(queue);
-                guard.armed = false;
-                return;
-            }
-            let n = queue.waiting.len().min(MAX_BATCH);
-            queue.waiting.drain(..n).collect()
-        };
+async fn flush(bucket: Arc<Bucket>, mut turn: Turn<Waiting>) {
+    while let Some(taken) = turn.next(MAX_BATCH) {
         // Callers that gave up are answered (nobody listens) and skipped.
         let now = Instant::now();
         let (batch, late): (Vec<_>, Vec<_>) = taken
@@ -214,22 +186,3 @@ async fn flush(bucket: Arc<Bucket>) {
 
 /// `route.lua`'s answer for a command Redis refused.
 const REFUSED: i64 = -2;
-
-/// Should a flusher end any other way than finding its queue empty (a
-/// panic, or its task dropped as the runtime shuts down), its bucket must
-/// not stay "flushing" forever: the queue is emptied (its callers get an
-/// error) and the next command starts a new flusher.
-struct Reset {
-    bucket: Arc<Bucket>,
-    armed: bool,
-}
-
-impl Drop for Reset {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut queue = self.bucket.lock();
-            queue.flushing = false;
-            queue.waiting.clear();
-        }
-    }
-}

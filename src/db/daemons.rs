@@ -28,7 +28,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc,
     },
 };
 
@@ -37,7 +37,10 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::{Error, Result};
+use crate::{
+    batch_queue::{BatchQueue, Turn},
+    Error, Result,
+};
 
 /// Writes per flush at most (bounds one statement's size and lock time).
 pub const MAX_BATCH: usize = 512;
@@ -82,17 +85,10 @@ enum Pending {
     },
 }
 
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Pending>,
-    /// A flusher task is running.
-    flushing: bool,
-}
-
 /// The pod's batched writer of daemon rows.
 pub struct DaemonRows {
     pool: PgPool,
-    queue: Mutex<Queue>,
+    queue: Arc<BatchQueue<Pending>>,
     writes: AtomicU64,
     statements: AtomicU64,
 }
@@ -108,7 +104,7 @@ impl DaemonRows {
     pub fn new(pool: PgPool) -> Arc<Self> {
         Arc::new(Self {
             pool,
-            queue: Mutex::default(),
+            queue: Arc::default(),
             writes: AtomicU64::new(0),
             statements: AtomicU64::new(0),
         })
@@ -119,11 +115,6 @@ impl DaemonRows {
             writes: self.writes.load(Ordering::Relaxed),
             statements: self.statements.load(Ordering::Relaxed),
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // A panic while holding the lock leaves a plain queue behind.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Creates or refreshes the row of (owner, machine id) and returns its id.
@@ -170,19 +161,8 @@ impl DaemonRows {
     }
 
     fn push(self: &Arc<Self>, pending: Pending) {
-        let start = {
-            let mut queue = self.lock();
-            queue.waiting.push(pending);
-            !std::mem::replace(&mut queue.flushing, true)
-        };
-        if start {
-            // Armed before the spawn: a flusher dropped before it first
-            // runs (runtime shutting down) still clears `flushing`.
-            let guard = Reset {
-                rows: self.clone(),
-                armed: true,
-            };
-            tokio::spawn(flush(guard));
+        if let Some(turn) = self.queue.push(pending) {
+            tokio::spawn(flush(self.clone(), turn));
         }
     }
 }
@@ -191,39 +171,9 @@ fn abandoned() -> Error {
     Error::Internal("the daemon-row write was abandoned".into())
 }
 
-/// Clears `flushing` if the flusher ends without doing so (a panic, or
-/// never run): the queued writes are dropped (their callers see an error)
-/// and the next write starts a new flusher.
-struct Reset {
-    rows: Arc<DaemonRows>,
-    armed: bool,
-}
-
-impl Drop for Reset {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut queue = self.rows.lock();
-            queue.flushing = false;
-            queue.waiting.clear();
-        }
-    }
-}
-
 /// Writes what is queued, batch after batch, until the queue is empty.
-async fn flush(mut guard: Reset) {
-    let rows = guard.rows.clone();
-    loop {
-        let taken: Vec<Pending> = {
-            let mut queue = rows.lock();
-            if queue.waiting.is_empty() {
-                queue.flushing = false;
-                drop(queue);
-                guard.armed = false;
-                return;
-            }
-            let n = queue.waiting.len().min(MAX_BATCH);
-            queue.waiting.drain(..n).collect()
-        };
+async fn flush(rows: Arc<DaemonRows>, mut turn: Turn<Pending>) {
+    while let Some(taken) = turn.next(MAX_BATCH) {
         rows.writes.fetch_add(taken.len() as u64, Ordering::Relaxed);
         let mut batch = Batch {
             pool: &rows.pool,
@@ -235,7 +185,7 @@ async fn flush(mut guard: Reset) {
             .fetch_add(batch.statements, Ordering::Relaxed);
         if let Some(e) = batch.unreachable {
             // Everything queued meanwhile would only wait for the same error.
-            let queued = std::mem::take(&mut rows.lock().waiting);
+            let queued = rows.queue.take_all();
             rows.writes
                 .fetch_add(queued.len() as u64, Ordering::Relaxed);
             for p in queued {
