@@ -174,6 +174,16 @@ pub struct Config {
     )]
     pub request_timeout_ms: u64,
 
+    /// How long after a `spawnTask` left (or a task was last reported) a
+    /// heartbeat without the task counts (PROTOCOL.md §1.4).
+    #[arg(
+        long = "reconcile-after-ms",
+        alias = "meshgate-reconcile-after-ms",
+        env = "MESHGATE_RECONCILE_AFTER_MS",
+        default_value_t = 15_000
+    )]
+    pub reconcile_after_ms: u64,
+
     /// How long a SIGTERM drain may take.
     #[arg(
         long = "drain-ms",
@@ -411,6 +421,17 @@ impl Config {
                 "must be non-empty without spaces or braces (braces are hash tags)",
             );
         }
+        if let Some(id) = self.pod_id.as_deref().filter(|id| !id.is_empty()) {
+            if !crate::cluster::pod_message::valid_pod_id(id) {
+                return bad(
+                    "MESHGATE_POD_ID",
+                    "must be at most 200 visible ASCII characters without '|', ':' or ','",
+                );
+            }
+        }
+        if self.reconcile_after_ms < 10 {
+            return bad("MESHGATE_RECONCILE_AFTER_MS", "must be at least 10");
+        }
         if self.redis_buckets == Some(0) || self.redis_buckets > Some(1024) {
             return bad("MESHGATE_REDIS_BUCKETS", "must be between 1 and 1024");
         }
@@ -452,6 +473,16 @@ impl Config {
                     .map(|h| h.trim().to_owned())
                     .unwrap_or_else(|_| "meshgate".to_owned());
                 let suffix: u32 = rand::random();
+                // Only the characters pod messages can carry.
+                let host: String = host
+                    .chars()
+                    .map(|c| match c {
+                        '|' | ':' | ',' => '-',
+                        c if c.is_ascii_graphic() => c,
+                        _ => '-',
+                    })
+                    .take(180)
+                    .collect();
                 format!("{host}-{suffix:08x}")
             }
         }
@@ -475,6 +506,10 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn reconcile_after(&self) -> Duration {
+        Duration::from_millis(self.reconcile_after_ms)
     }
 
     pub fn drain(&self) -> Duration {

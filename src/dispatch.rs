@@ -26,7 +26,7 @@ use crate::{
     metrics::Metrics,
     protocol::{client::ClientEvent, daemon::DaemonCommand},
     state::AppState,
-    Result,
+    Error, Result,
 };
 
 /// Pending tasks considered per owner and round.
@@ -143,9 +143,9 @@ fn pick(free: &mut [(DaemonEntry, i64)], task: &PendingTask) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-/// Sends `spawnTask` (with the latest checkpoint patch when resuming); puts
-/// the task back to `pending` when the daemon cannot be reached.
-async fn spawn(state: &AppState, owner_id: Uuid, task: PendingTask, daemon_id: Uuid, version: i32) {
+/// The `spawnTask` of a task (with the latest checkpoint patch when
+/// resuming), as first sent and as re-sent by reconciliation.
+pub async fn spawn_command(state: &AppState, task: PendingTask) -> DaemonCommand {
     let patch = if task.retry_count > 0 {
         db::dispatch::latest_patch(&state.db, task.id).await.unwrap_or_else(|e| {
             tracing::warn!(task_id = %task.id, error = %e, "checkpoint patch not loaded; resuming without it");
@@ -158,7 +158,7 @@ async fn spawn(state: &AppState, owner_id: Uuid, task: PendingTask, daemon_id: U
         Some((bytes, sha)) => (Some(STANDARD.encode(bytes)), sha),
         None => (None, None),
     };
-    let command = DaemonCommand::SpawnTask {
+    DaemonCommand::SpawnTask {
         task_id: task.id,
         name: task.name,
         plan: task.plan,
@@ -170,25 +170,36 @@ async fn spawn(state: &AppState, owner_id: Uuid, task: PendingTask, daemon_id: U
         is_supervisor: task.is_supervisor,
         patch_data,
         patch_base_sha,
-    };
+    }
+}
+
+/// Sends `spawnTask`. Delivered: clients hear the task is `starting`.
+/// Surely not delivered (no pod holds the daemon, or its socket went away
+/// first): the task goes back to `pending`. Unknown (Redis failed, no
+/// receipt in time: the command may have gone out): the task stays
+/// assigned and reconciliation decides from the daemon's heartbeats
+/// (PROTOCOL.md §1.4), so it never runs on two daemons.
+async fn spawn(state: &AppState, owner_id: Uuid, task: PendingTask, daemon_id: Uuid, version: i32) {
+    let task_id = task.id;
+    let command = spawn_command(state, task).await;
     let audience = Audience {
         owner_id,
-        task_id: Some(task.id),
+        task_id: Some(task_id),
         to_owner: true,
     };
     match routing::send_command(&state.redis, &state.metrics, daemon_id, &command).await {
         Ok(()) => {
-            tracing::info!(task_id = %task.id, %daemon_id, %owner_id, "task dispatched");
-            let event = updated(task.id, version, "starting");
+            tracing::info!(%task_id, %daemon_id, %owner_id, "task dispatched");
+            let event = updated(task_id, version, "starting");
             events::publish_can_fail(&state.redis, audience, &event).await;
         }
-        Err(e) => {
-            tracing::warn!(task_id = %task.id, %daemon_id, error = %e, "spawnTask not delivered; task back to pending");
-            match db::dispatch::unassign(&state.db, task.id, daemon_id).await {
+        Err(Error::DaemonOffline(_)) => {
+            tracing::warn!(%task_id, %daemon_id, "spawnTask not delivered (daemon offline); task back to pending");
+            match db::dispatch::unassign(&state.db, task_id, daemon_id).await {
                 Ok(Some(v)) => {
-                    task_routes::forget(&state.redis, &state.task_routes, &state.metrics, task.id)
+                    task_routes::forget(&state.redis, &state.task_routes, &state.metrics, task_id)
                         .await;
-                    let event = updated(task.id, v, "pending");
+                    let event = updated(task_id, v, "pending");
                     events::publish_can_fail(&state.redis, audience, &event).await;
                 }
                 Ok(None) => {}
@@ -196,9 +207,15 @@ async fn spawn(state: &AppState, owner_id: Uuid, task: PendingTask, daemon_id: U
                     // Still `starting` on a daemon that is gone: the reaper
                     // releases it after the grace period.
                     Metrics::inc(&state.metrics.db_errors);
-                    tracing::error!(task_id = %task.id, error = %e, "task not put back to pending");
+                    tracing::error!(%task_id, error = %e, "task not put back to pending");
                 }
             }
+        }
+        Err(e) => {
+            Metrics::inc(&state.metrics.spawn_outcome_unknown);
+            tracing::warn!(%task_id, %daemon_id, error = %e, "spawnTask delivery unknown; the task stays assigned and reconciliation decides from the daemon's heartbeats");
+            let event = updated(task_id, version, "starting");
+            events::publish_can_fail(&state.redis, audience, &event).await;
         }
     }
 }

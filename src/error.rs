@@ -21,6 +21,10 @@ pub enum Error {
     /// No replica holds a connection of this daemon.
     #[error("daemon {0} is not connected")]
     DaemonOffline(Uuid),
+    /// A command was routed to the pod holding the daemon, but that pod's
+    /// receipt did not come in time: it may or may not have been delivered.
+    #[error("delivery to daemon {0} was not confirmed")]
+    DeliveryUnknown(Uuid),
     /// The row does not exist for this owner (or at all: callers cannot tell).
     #[error("{0} not found")]
     NotFound(&'static str),

@@ -67,7 +67,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
     if config.migrate_on_start {
         db::migrate(&db).await?;
     }
-    let redis = Arc::new(Redis::connect(&config).await?);
+    let redis = Arc::new(Redis::connect(&config, pod_id.clone()).await?);
     let stop_background = CancellationToken::new();
     let (key_usage, key_usage_task) = KeyUsage::start(db.clone(), stop_background.clone());
     let metrics = Arc::new(Metrics::default());
@@ -111,8 +111,22 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         dispatcher,
         lifecycle: Lifecycle::default(),
     });
-    let listen_task = routing::listen(&state, stop_background.clone()).await?;
-    let background = vec![
+    let subscriptions = cluster::pubsub::Subscriptions::new(
+        redis.clone(),
+        state.hub.clone(),
+        state.metrics.clone(),
+    );
+    let local = routing::Local {
+        redis: redis.clone(),
+        conns: state.conns.clone(),
+        waiters: state.waiters.clone(),
+        liveness: state.liveness.clone(),
+        metrics: state.metrics.clone(),
+        routes: state.task_routes.clone(),
+    };
+    let listen_task = routing::listen(local, stop_background.clone()).await?;
+    let mut background = subscriptions.renew_on_reconnect(stop_background.clone());
+    background.extend([
         key_usage_task,
         output_task,
         hub_task,
@@ -126,21 +140,19 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         )),
         cluster::pubsub::watch_topology(
             redis.clone(),
-            state.hub.clone(),
-            state.metrics.clone(),
+            subscriptions.clone(),
             state.config.self_ping() * 5,
             stop_background.clone(),
         ),
         tokio::spawn(cluster::liveness::ping(
             redis.clone(),
-            state.hub.clone(),
+            subscriptions,
             liveness,
             state.metrics.clone(),
-            pod_id.to_string(),
             state.config.self_ping(),
             stop_background.clone(),
         )),
-    ];
+    ]);
 
     let addr = listener.local_addr()?;
     let acceptor = http::acceptor::NoDelayAcceptor::new(listener)?;

@@ -32,6 +32,14 @@ pub struct Metrics {
     pub pubsub_resubscribes: AtomicU64,
     pub pending_timeouts: AtomicU64,
     pub pending_offline: AtomicU64,
+    pub commands_forwarded: AtomicU64,
+    pub commands_unconfirmed: AtomicU64,
+    pub slow_daemons_closed: AtomicU64,
+    pub spawn_resent: AtomicU64,
+    pub tasks_confirmed: AtomicU64,
+    pub tasks_handed_back: AtomicU64,
+    pub stale_copies_interrupted: AtomicU64,
+    pub spawn_outcome_unknown: AtomicU64,
     /// Commands by type, then outcome (nested so that counting one looks
     /// the type up by `&str`, without building an owned key per command).
     commands: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
@@ -57,7 +65,7 @@ impl Metrics {
     /// `extra`: counters kept elsewhere (name, help, value).
     pub fn render(&self, extra: &[(&str, &str, u64)], gauges: &[(&str, &str, u64)]) -> String {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 21] = [
+        let counters: [(&str, &str, &AtomicU64); 29] = [
             (
                 "meshgate_commands_sent_total",
                 "Commands published to a pod holding the daemon",
@@ -75,12 +83,12 @@ impl Metrics {
             ),
             (
                 "meshgate_commands_undeliverable_total",
-                "Commands that arrived for a socket that had closed or been replaced",
+                "Commands that arrived for a socket that had closed or been replaced (forwarded or refused)",
                 &self.commands_undeliverable,
             ),
             (
                 "meshgate_commands_queue_full_total",
-                "Commands dropped because the daemon socket queue was full",
+                "Commands refused because the daemon socket queue was full (the socket is then closed)",
                 &self.commands_queue_full,
             ),
             (
@@ -162,6 +170,46 @@ impl Metrics {
                 "meshgate_pending_offline_total",
                 "Waiting calls refused because the daemon was offline",
                 &self.pending_offline,
+            ),
+            (
+                "meshgate_commands_forwarded_total",
+                "Commands forwarded to a daemon's newer connection after their socket was replaced",
+                &self.commands_forwarded,
+            ),
+            (
+                "meshgate_commands_unconfirmed_total",
+                "Commands whose delivery receipt did not come in time (outcome unknown to the caller)",
+                &self.commands_unconfirmed,
+            ),
+            (
+                "meshgate_slow_daemons_closed_total",
+                "Daemon sockets closed because their command queue was full",
+                &self.slow_daemons_closed,
+            ),
+            (
+                "meshgate_spawn_resent_total",
+                "spawnTask sent again because the daemon's heartbeats did not list the task",
+                &self.spawn_resent,
+            ),
+            (
+                "meshgate_tasks_confirmed_total",
+                "Started tasks first confirmed by a daemon's heartbeat",
+                &self.tasks_confirmed,
+            ),
+            (
+                "meshgate_tasks_handed_back_total",
+                "Tasks handed back because their daemon's heartbeats left them out",
+                &self.tasks_handed_back,
+            ),
+            (
+                "meshgate_stale_copies_interrupted_total",
+                "interruptTask sent for a task a daemon runs that is no longer its own",
+                &self.stale_copies_interrupted,
+            ),
+            (
+                "meshgate_spawn_outcome_unknown_total",
+                "spawnTask whose delivery could not be confirmed (left to reconciliation)",
+                &self.spawn_outcome_unknown,
             ),
         ];
         let mut out = String::new();

@@ -139,15 +139,9 @@ impl Hub {
         mut janitor: mpsc::UnboundedReceiver<String>,
         stop: CancellationToken,
     ) {
+        // After a reconnect `pubsub::Subscriptions` subscribes it again,
+        // through `resubscribe` (serialised with the janitor).
         let mut rx = self.subscriber.message_rx();
-        // After a reconnect, subscribe again (serialised with the janitor).
-        let manager = {
-            let hub = self.clone();
-            super::pubsub::on_reconnect(&self.subscriber, move || {
-                let hub = hub.clone();
-                async move { hub.resubscribe().await }
-            })
-        };
         for channel in self.ping_channels.keys() {
             if let Err(e) = self.redis.subscribe(&self.subscriber, channel).await {
                 // Readiness stays red until the self-ping resubscribes it.
@@ -171,7 +165,6 @@ impl Hub {
                 },
             }
         }
-        manager.abort();
     }
 
     /// Subscribes the hub's connection again to every channel it tracks,

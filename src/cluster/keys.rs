@@ -103,9 +103,16 @@ impl Keys {
             .collect()
     }
 
-    /// Pods waiting for a daemon's answer of `kind` about a task (set, TTL).
+    /// The question in flight to a daemon of `kind` about a task, and the
+    /// pods waiting for its answer (hash, TTL; see `redis/pending_join.lua`).
     pub fn pending(&self, kind: &str, task_id: Uuid) -> String {
-        format!("{}:pending:{kind}:{task_id}", self.prefix)
+        format!("{}:ask:{kind}:{task_id}", self.prefix)
+    }
+
+    /// Claim of one stale-copy interrupt (PROTOCOL.md §1.4), for one
+    /// reconcile window.
+    pub fn stale_interrupt(&self, daemon_id: Uuid, task_id: Uuid) -> String {
+        format!("{}:stale:{daemon_id}:{task_id}", self.prefix)
     }
 
     /// A tool key entry by the key's SHA-256.

@@ -6,7 +6,7 @@
 //! on each of its command channels and event-hub ping channels (one per
 //! registry bucket, so on a cluster every primary is covered); `/readyz` is
 //! green only while all came back recently, and a channel silent for three
-//! intervals is subscribed again.
+//! intervals is subscribed again (through [`Subscriptions`]).
 
 use std::{
     sync::{
@@ -20,7 +20,12 @@ use futures_util::future::join_all;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{hub::Hub, now_ms, Redis};
+use super::{
+    now_ms,
+    pod_message::PodMessage,
+    pubsub::{Subscriptions, Which},
+    Redis,
+};
 use crate::metrics::Metrics;
 
 /// When each bucket's subscriptions last delivered a self-ping (ms since
@@ -84,21 +89,20 @@ impl Liveness {
     }
 }
 
-/// Publishes the self-pings until `stop`, and subscribes again to a
-/// channel whose pings stopped coming back.
+/// Publishes the self-pings until `stop`, and has a subscription whose
+/// pings stopped coming back renewed.
 pub async fn ping(
     redis: Arc<Redis>,
-    hub: Arc<Hub>,
+    subscriptions: Arc<Subscriptions>,
     liveness: Arc<Liveness>,
     metrics: Arc<Metrics>,
-    pod_id: String,
     every: Duration,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let command_channels = redis.keys.pod_channels(&pod_id);
-    let event_channels = redis.keys.pod_event_channels(&pod_id);
+    let command_channels = redis.keys.pod_channels(&redis.pod_id);
+    let event_channels = redis.keys.pod_event_channels(&redis.pod_id);
     let started = now_ms();
     let mut last_repair = started;
     loop {
@@ -106,7 +110,7 @@ pub async fn ping(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let message = format!("P|{}", now_ms());
+        let message = PodMessage::Ping(now_ms()).encode();
         let sent = join_all(
             command_channels
                 .iter()
@@ -131,37 +135,23 @@ pub async fn ping(
             continue;
         }
         last_repair = now_ms();
-        metrics.pubsub_resubscribes.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             command_buckets = ?silent_commands,
             event_buckets = ?silent_events,
-            "self-pings are not coming back; subscribing again"
+            "self-pings are not coming back"
         );
+        // Every channel of the connection: the task route announcements
+        // travel on the command subscriber and are not self-pinged, and
+        // client event channels share the event pings' slots.
         if !silent_commands.is_empty() {
-            // The task route announcements travel on the same subscriber
-            // and are not self-pinged: renew that too, and count it.
-            let routes = redis.keys.task_routes();
-            let renewed = redis.subscribe(&redis.subscriber, &routes).await;
-            if let Err(e) = &renewed {
-                tracing::warn!(error = %e, "task routes channel resubscribe failed");
-            }
-            for &b in &silent_commands {
-                if let Err(e) = redis
-                    .subscribe(&redis.subscriber, &command_channels[b])
-                    .await
-                {
-                    tracing::warn!(bucket = b, error = %e, "command channel resubscribe failed");
-                }
-            }
-            if renewed.is_ok() {
-                redis.resubscribed.fetch_add(1, Ordering::SeqCst);
-            }
+            let _ = subscriptions
+                .renew(Which::Commands, "command self-pings are not coming back")
+                .await;
         }
         if !silent_events.is_empty() {
-            // Event channels of clients share those slots: take them all.
-            if let Err(e) = hub.resubscribe().await {
-                tracing::warn!(error = %e, "event channels resubscribe failed");
-            }
+            let _ = subscriptions
+                .renew(Which::Events, "event self-pings are not coming back")
+                .await;
         }
     }
 }

@@ -14,9 +14,11 @@ pub mod hub;
 pub mod keys;
 pub mod liveness;
 pub mod pending;
+pub mod pod_message;
 pub mod pubsub;
 pub mod reaper;
 pub mod reauth;
+pub mod receipts;
 pub mod registry;
 pub mod route_batch;
 pub mod routing;
@@ -77,6 +79,8 @@ impl Scripts {
 /// The pod's Redis handles: one client for commands and publishing, one
 /// subscriber connection for the pod's channels.
 pub struct Redis {
+    /// This replica's id (its channels, and where receipts come back to).
+    pub pod_id: std::sync::Arc<str>,
     pub client: Client,
     /// The pod's command channel (commands, kicks, answers).
     pub subscriber: SubscriberClient,
@@ -92,6 +96,11 @@ pub struct Redis {
     pub resubscribed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Per registry bucket: commands being routed together.
     pub route_batches: Vec<std::sync::Arc<route_batch::Bucket>>,
+    /// Delivery receipts of commands sent and received (see [`receipts`]).
+    pub receipts: std::sync::Arc<receipts::Receipts>,
+    /// The Redis command timeout; also how long a sender waits for a
+    /// receipt.
+    pub timeout: Duration,
     route_script_calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -99,7 +108,7 @@ impl Redis {
     /// Builds both clients with an explicit reconnect policy, command
     /// timeouts and a pub/sub buffer sized by config (fred's defaults buffer
     /// 32 messages and give up reconnecting), and connects them.
-    pub async fn connect(config: &Config) -> crate::Result<Self> {
+    pub async fn connect(config: &Config, pod_id: std::sync::Arc<str>) -> crate::Result<Self> {
         let mode = config.resolved_redis_mode();
         let (url, tls) = tls::split_url(config.redis_url.expose());
         let mut redis_config = fred::types::config::Config::from_url(&url)?;
@@ -173,7 +182,11 @@ impl Redis {
                 ))
             })
             .collect();
+        let receipts = std::sync::Arc::new(receipts::Receipts::new(client.clone(), publish));
         Ok(Self {
+            pod_id,
+            receipts,
+            timeout: config.redis_timeout(),
             client,
             subscriber,
             events,

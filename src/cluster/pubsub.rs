@@ -13,10 +13,7 @@
 //! bucket and so spread over every primary, resubscribe a subscription that
 //! stopped delivering.
 
-use std::{
-    future::Future,
-    sync::{atomic::Ordering, Arc},
-};
+use std::sync::{atomic::Ordering, Arc};
 
 use fred::{
     clients::{Pipeline, SubscriberClient},
@@ -127,49 +124,94 @@ pub fn publish_command(sharded: bool) -> &'static str {
     }
 }
 
-/// Runs `resubscribe` after each reconnection of `subscriber` (in place of
-/// fred's `manage_subscriptions`, see [`Redis::resubscribe`]).
-pub fn on_reconnect<F, Fut>(subscriber: &SubscriberClient, resubscribe: F) -> JoinHandle<()>
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = crate::Result<()>> + Send,
-{
-    let mut reconnects = subscriber.reconnect_rx();
-    tokio::spawn(async move {
-        loop {
-            match reconnects.recv().await {
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            }
-            if let Err(e) = resubscribe().await {
-                tracing::error!(error = %e, "resubscribe after reconnect failed; the self-ping will retry");
-            }
-        }
-    })
+/// Which subscriber connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The pod's command channels and the task routes channel.
+    Commands,
+    /// The event hub's channels (web clients, self-pings).
+    Events,
 }
 
-/// Subscribes both subscriber connections again to everything they track
-/// (after a topology change; harmless when nothing was lost). Returns
-/// whether everything was subscribed.
-pub async fn resubscribe_everything(
-    redis: &Redis,
-    hub: &Hub,
-    metrics: &Metrics,
-    why: &str,
-) -> bool {
-    metrics.pubsub_resubscribes.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(reason = why, "subscribing again to every channel");
-    let commands = redis
-        .resubscribe(&redis.subscriber)
-        .await
-        .map_err(crate::Error::from);
-    let events = hub.resubscribe().await;
-    for (name, outcome) in [("commands", &commands), ("events", &events)] {
-        if let Err(e) = outcome {
-            tracing::warn!(subscriber = name, error = %e, "resubscribe failed; will retry");
-        }
+/// The one owner of resubscription: after a subscriber reconnects
+/// ([`Subscriptions::renew_on_reconnect`]), after a cluster topology change
+/// ([`watch_topology`]) and when a self-ping stops coming back
+/// ([`super::liveness`]), everything goes through here, so each renewal is
+/// counted and logged once and bumps [`Redis::resubscribed`] (what was
+/// learnt from the channels before may be stale).
+pub struct Subscriptions {
+    redis: Arc<Redis>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+impl Subscriptions {
+    pub fn new(redis: Arc<Redis>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            redis,
+            hub,
+            metrics,
+        })
     }
-    commands.is_ok() && events.is_ok()
+
+    /// Subscribes one connection again to everything it tracks.
+    pub async fn renew(&self, which: Which, why: &str) -> crate::Result<()> {
+        self.metrics
+            .pubsub_resubscribes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(subscriber = ?which, reason = why, "subscribing again to every channel");
+        let renewed = match which {
+            Which::Commands => self
+                .redis
+                .resubscribe(&self.redis.subscriber)
+                .await
+                .map_err(crate::Error::from),
+            // Serialised with the hub's own (un)subscribes.
+            Which::Events => self.hub.resubscribe().await,
+        };
+        if let Err(e) = &renewed {
+            tracing::warn!(subscriber = ?which, error = %e, "resubscribe failed; will retry");
+        }
+        renewed
+    }
+
+    /// Both connections; whether everything was subscribed.
+    pub async fn renew_everything(&self, why: &str) -> bool {
+        let commands = self.renew(Which::Commands, why).await;
+        let events = self.renew(Which::Events, why).await;
+        commands.is_ok() && events.is_ok()
+    }
+
+    /// Renews each subscriber after each of its reconnections, until
+    /// `stop` (in place of fred's `manage_subscriptions`, see
+    /// [`Redis::resubscribe`]).
+    pub fn renew_on_reconnect(self: &Arc<Self>, stop: CancellationToken) -> Vec<JoinHandle<()>> {
+        [
+            (Which::Commands, &self.redis.subscriber),
+            (Which::Events, &self.redis.events),
+        ]
+        .into_iter()
+        .map(|(which, subscriber)| {
+            let mut reconnects = subscriber.reconnect_rx();
+            let this = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        event = reconnects.recv() => event,
+                    };
+                    match event {
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    }
+                    // A failure is retried by the self-ping's repair.
+                    let _ = this.renew(which, "the subscriber reconnected").await;
+                }
+            })
+        })
+        .collect()
+    }
 }
 
 /// On a cluster, whenever the slot map changes, brings both subscriber
@@ -187,8 +229,7 @@ pub async fn resubscribe_everything(
 /// slot moves away they are dropped with a `sunsubscribe` fred ignores.
 pub fn watch_topology(
     redis: Arc<Redis>,
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
+    subscriptions: Arc<Subscriptions>,
     poll: Duration,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
@@ -232,7 +273,7 @@ pub fn watch_topology(
                     tracing::warn!(subscriber = name, error = %e, "cluster sync failed");
                 }
             }
-            retry = !resubscribe_everything(&redis, &hub, &metrics, why).await;
+            retry = !subscriptions.renew_everything(why).await;
         }
     })
 }

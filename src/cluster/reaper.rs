@@ -15,7 +15,13 @@ use super::{
     events::{self, Audience},
     task_routes,
 };
-use crate::{db, metrics::Metrics, protocol::client::ClientEvent, state::AppState, Result};
+use crate::{
+    db::{self, tasks::TaskChange},
+    metrics::Metrics,
+    protocol::client::ClientEvent,
+    state::AppState,
+    Result,
+};
 
 /// Daemons claimed per round.
 const BATCH: u32 = 50;
@@ -116,26 +122,39 @@ async fn cleanup(state: &AppState, daemon_id: Uuid) -> Result<()> {
         state.dispatcher.kick(first.owner_id);
     }
     for task in changes {
-        task_routes::forget(&state.redis, &state.task_routes, &state.metrics, task.id).await;
         Metrics::inc(&state.metrics.tasks_retried);
-        tracing::info!(
-            task_id = %task.id, daemon_id = %daemon_id, owner_id = %task.owner_id,
-            status = %task.status, retry_count = task.retry_count,
-            "task released after its daemon was gone past the grace period"
-        );
-        let event = ClientEvent::TaskUpdated {
-            task_id: task.id,
-            version: task.version,
-            status: task.status.clone(),
-            updated_fields: vec!["status".into(), "daemon_id".into(), "retry_count".into()],
-            updated_by: "system".into(),
-        };
-        let audience = Audience {
-            owner_id: task.owner_id,
-            task_id: Some(task.id),
-            to_owner: true,
-        };
-        events::publish_can_fail(&state.redis, audience, &event).await;
+        released(
+            state,
+            daemon_id,
+            task,
+            "task released after its daemon was gone past the grace period",
+        )
+        .await;
     }
     Ok(())
+}
+
+/// A task left `daemon_id` (gone, or lost on it): every pod forgets its
+/// route, and clients hear its new status (`pending` again, or `failed`).
+/// The caller kicks the dispatcher.
+pub async fn released(state: &AppState, daemon_id: Uuid, task: TaskChange, why: &str) {
+    task_routes::forget(&state.redis, &state.task_routes, &state.metrics, task.id).await;
+    tracing::info!(
+        task_id = %task.id, daemon_id = %daemon_id, owner_id = %task.owner_id,
+        status = %task.status, retry_count = task.retry_count,
+        "{why}"
+    );
+    let event = ClientEvent::TaskUpdated {
+        task_id: task.id,
+        version: task.version,
+        status: task.status.clone(),
+        updated_fields: vec!["status".into(), "daemon_id".into(), "retry_count".into()],
+        updated_by: "system".into(),
+    };
+    let audience = Audience {
+        owner_id: task.owner_id,
+        task_id: Some(task.id),
+        to_owner: true,
+    };
+    events::publish_can_fail(&state.redis, audience, &event).await;
 }

@@ -56,6 +56,8 @@ pub struct Bucket {
 struct Waiting {
     key: String,
     daemon_id: Uuid,
+    /// A connection known to be gone: the command goes only to a newer one.
+    gone: Option<Uuid>,
     payload: String,
     /// When its caller stops waiting.
     deadline: Instant,
@@ -83,13 +85,16 @@ impl Bucket {
     }
 }
 
-/// Routes one command (`key` is the daemon's registry hash in `bucket`):
-/// -1 when the daemon has no registry entry, else how many pods received it
-/// (0: the pod holding it is gone).
+/// Routes one command (`key` is the daemon's registry hash in `bucket`,
+/// `payload` the `D` message's part after daemon and connection):
+/// [`NO_ENTRY`] when the daemon has no registry entry, [`STILL_GONE`] when
+/// the entry names `gone`, else how many pods received it (0: the pod
+/// holding it is gone).
 pub async fn route(
     bucket: &Arc<Bucket>,
     key: String,
     daemon_id: Uuid,
+    gone: Option<Uuid>,
     payload: String,
 ) -> Result<i64, Error> {
     let (done, answer) = oneshot::channel();
@@ -97,6 +102,7 @@ pub async fn route(
     let waiting = Waiting {
         key,
         daemon_id,
+        gone,
         payload,
         deadline,
         done,
@@ -133,13 +139,14 @@ async fn flush(bucket: Arc<Bucket>, mut turn: Turn<Waiting>) {
             continue;
         }
         let mut keys = Vec::with_capacity(batch.len());
-        let mut args = Vec::with_capacity(2 + 2 * batch.len());
+        let mut args = Vec::with_capacity(2 + 3 * batch.len());
         args.push(bucket.prefix.clone());
         args.push(bucket.publish.to_owned());
         let mut dones = Vec::with_capacity(batch.len());
         for w in batch {
             keys.push(w.key);
             args.push(w.daemon_id.to_string());
+            args.push(w.gone.map(|c| c.to_string()).unwrap_or_default());
             args.push(w.payload);
             dones.push(w.done);
         }
@@ -186,3 +193,8 @@ async fn flush(bucket: Arc<Bucket>, mut turn: Turn<Waiting>) {
 
 /// `route.lua`'s answer for a command Redis refused.
 const REFUSED: i64 = -2;
+/// `route.lua`'s answer when the daemon has no registry entry.
+pub const NO_ENTRY: i64 = -1;
+/// `route.lua`'s answer when the entry still names the connection that is
+/// known to be gone.
+pub const STILL_GONE: i64 = -3;

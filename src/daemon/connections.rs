@@ -4,7 +4,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
 };
 
 use tokio_util::sync::CancellationToken;
@@ -22,13 +25,17 @@ pub struct LocalConn {
     pub tx: outbox::Sender,
     /// Cancelled to close the socket (replaced by a newer connection).
     pub close: CancellationToken,
+    /// Set before `close` when the socket is closed because its queue was
+    /// full (the daemon does not read).
+    pub slow: Arc<AtomicBool>,
 }
 
 /// Why a command could not be handed to a local socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliverError {
-    /// No socket with that connection id here (it closed, or was replaced).
-    Gone,
+    /// No socket with that connection id here (it closed, or was replaced);
+    /// the command is handed back to be sent after its daemon.
+    Gone(String),
     /// The socket's queue is full: the daemon is not reading.
     QueueFull,
 }
@@ -64,12 +71,27 @@ impl Connections {
     /// Queues a command for the socket `conn` if it belongs to `daemon_id`.
     pub fn deliver(&self, daemon_id: Uuid, conn: Uuid, json: String) -> Result<(), DeliverError> {
         let map = self.lock();
-        let local = map.get(&conn).filter(|l| l.entry.id == daemon_id);
-        let local = local.ok_or(DeliverError::Gone)?;
-        local.tx.try_send(json).map_err(|e| match e {
+        let Some(local) = map.get(&conn).filter(|l| l.entry.id == daemon_id) else {
+            return Err(DeliverError::Gone(json));
+        };
+        local.tx.try_send(json).map_err(|(e, json)| match e {
             outbox::PushError::Full => DeliverError::QueueFull,
-            outbox::PushError::Closed => DeliverError::Gone,
+            outbox::PushError::Closed => DeliverError::Gone(json),
         })
+    }
+
+    /// Closes the socket `conn` of `daemon_id` because it does not take its
+    /// commands (its queue is full). Returns whether it was open.
+    pub fn close_slow(&self, daemon_id: Uuid, conn: Uuid) -> bool {
+        let map = self.lock();
+        match map.get(&conn).filter(|l| l.entry.id == daemon_id) {
+            Some(local) if !local.close.is_cancelled() => {
+                local.slow.store(true, Ordering::SeqCst);
+                local.close.cancel();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Closes the socket `conn` of `daemon_id` (a newer one replaced it).

@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod outbox;
 pub mod output;
 pub mod presence;
+pub mod reconcile;
 pub mod replies;
 pub mod session;
 pub mod socket;

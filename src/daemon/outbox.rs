@@ -57,14 +57,15 @@ pub fn channel(limit: usize) -> (Sender, Receiver) {
 }
 
 impl Sender {
-    /// Queues `command` unless the queue is full or closed.
-    pub fn try_send(&self, command: String) -> Result<(), PushError> {
+    /// Queues `command` unless the queue is full or closed (then it is
+    /// handed back).
+    pub fn try_send(&self, command: String) -> Result<(), (PushError, String)> {
         let mut state = self.0.lock();
         if state.closed {
-            return Err(PushError::Closed);
+            return Err((PushError::Closed, command));
         }
         if state.queue.len() >= self.0.limit {
-            return Err(PushError::Full);
+            return Err((PushError::Full, command));
         }
         state.queue.push_back(command);
         drop(state);
@@ -118,7 +119,7 @@ mod tests {
         let (tx, mut rx) = channel(2);
         tx.try_send("a".into()).unwrap();
         tx.clone().try_send("b".into()).unwrap();
-        assert_eq!(tx.try_send("c".into()), Err(PushError::Full));
+        assert_eq!(tx.try_send("c".into()), Err((PushError::Full, "c".into())));
         assert_eq!(rx.recv().await, "a");
         assert_eq!(rx.try_recv().as_deref(), Some("b"));
         assert_eq!(rx.try_recv(), None);
@@ -156,7 +157,10 @@ mod tests {
         let (tx, rx) = channel(8);
         tx.try_send("queued".into()).unwrap();
         drop(rx);
-        assert_eq!(tx.try_send("after".into()), Err(PushError::Closed));
+        assert_eq!(
+            tx.try_send("after".into()),
+            Err((PushError::Closed, "after".into()))
+        );
     }
 
     #[test]

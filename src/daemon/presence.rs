@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::{
     connections::LocalConn,
+    reconcile,
     session::{error, Registered, Session, Step},
 };
 use crate::{
@@ -102,6 +103,7 @@ pub async fn authenticate(s: &mut Session, m: Authenticate) -> Step {
             entry: entry.clone(),
             tx: s.tx.clone(),
             close: s.close.clone(),
+            slow: s.slow.clone(),
         },
     );
     match registry::register(&s.state.redis, &entry, s.state.lease()).await {
@@ -135,7 +137,8 @@ pub async fn authenticate(s: &mut Session, m: Authenticate) -> Step {
     Step::Reply(DaemonCommand::Authenticated { daemon_id })
 }
 
-/// `heartbeat`: last heartbeat and active tasks, in the registry and the row.
+/// `heartbeat`: last heartbeat and active tasks, in the registry and the
+/// row; then the tasks converge to what it lists ([`reconcile`]).
 pub async fn heartbeat(s: &mut Session, me: &Registered, m: Heartbeat) -> Step {
     let active_tasks = m.active_tasks;
     if active_tasks.len() > MAX_ACTIVE_TASKS {
@@ -143,6 +146,7 @@ pub async fn heartbeat(s: &mut Session, me: &Registered, m: Heartbeat) -> Step {
     }
     let now = Utc::now();
     let tasks_json = serde_json::to_string(&active_tasks).unwrap_or_else(|_| "[]".into());
+    let listed = active_tasks.clone();
     s.state.conns.update_entry(s.conn, |e| {
         e.last_heartbeat_at = Some(now);
         e.active_task_ids = active_tasks;
@@ -164,6 +168,7 @@ pub async fn heartbeat(s: &mut Session, me: &Registered, m: Heartbeat) -> Step {
         Metrics::inc(&s.state.metrics.db_errors);
         tracing::warn!(daemon_id = %me.daemon_id, error = %e, "heartbeat not recorded in the database");
     }
+    reconcile::after_heartbeat(s, me, &listed).await;
     Step::Nothing
 }
 

@@ -59,6 +59,10 @@ pub struct Session {
     /// connection table at registration.
     pub tx: outbox::Sender,
     pub close: CancellationToken,
+    /// Set when the pod closes the socket because its command queue is full.
+    pub slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Reconciliation's memory of this connection (PROTOCOL.md §1.4).
+    pub reconcile: super::reconcile::Memory,
     /// Tasks recently confirmed as this daemon's (for the output hot path).
     owned: HashMap<Uuid, (TaskRef, Instant)>,
 }
@@ -127,6 +131,8 @@ impl Session {
             registered: None,
             tx,
             close,
+            slow: Default::default(),
+            reconcile: Default::default(),
             owned: HashMap::new(),
         }
     }

@@ -15,6 +15,8 @@ use crate::{auth::Principal, protocol::daemon::DaemonCommand, state::AppState};
 pub const CLOSE_REPLACED: u16 = 4000;
 /// Commands written before one flush, so a burst costs one syscall.
 const WRITE_BATCH: usize = 64;
+/// How long a closing socket may take to write what was queued for it.
+const FLUSH_ON_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Counts a running socket task until it is dropped (after its cleanup).
 struct Alive(std::sync::Arc<std::sync::atomic::AtomicUsize>);
@@ -63,6 +65,9 @@ enum End {
     Drain,
     /// We told the daemon to reconnect (e.g. the database was unavailable).
     Closed,
+    /// Its command queue filled up: the daemon does not read. It should
+    /// reconnect; reconciliation repairs what it missed.
+    Slow,
 }
 
 /// Serves one authenticated daemon socket until it ends.
@@ -100,7 +105,13 @@ pub fn serve(
                 _ = life.kill.cancelled() => return,
                 // Registered sockets are closed by the pod in batches when it
                 // drains (see `Pod::shutdown`), through the same token.
-                _ = close.cancelled() => break if life.is_draining() { End::Drain } else { End::Replaced },
+                _ = close.cancelled() => break if life.is_draining() {
+                    End::Drain
+                } else if session.slow.load(std::sync::atomic::Ordering::SeqCst) {
+                    End::Slow
+                } else {
+                    End::Replaced
+                },
                 // Sockets that never registered just go when the pod drains.
                 _ = life.drain.cancelled(), if session.registered.is_none() => break End::Drain,
                 _ = ping.tick() => Wake::Ping,
@@ -115,7 +126,23 @@ pub fn serve(
                     }
                     sink.send(Message::Ping(Vec::new())).await.map_err(|_| ())
                 }
-                Wake::Commands(first) => write_commands(&mut sink, first, &mut rx).await,
+                // A daemon that takes no write for a ping interval is as good
+                // as gone (and a stuck write would keep the loop from seeing
+                // a close or a drain).
+                Wake::Commands(first) => {
+                    match tokio::time::timeout(
+                        ping_every,
+                        write_commands(&mut sink, first, &mut rx),
+                    )
+                    .await
+                    {
+                        Ok(written) => written,
+                        Err(_) => {
+                            tracing::warn!(daemon_id = ?session.registered.as_ref().map(|r| r.daemon_id), "daemon took no commands for a ping interval; closing");
+                            Err(())
+                        }
+                    }
+                }
                 Wake::Frame(frame) => {
                     last_seen = tokio::time::Instant::now();
                     let step = match frame {
@@ -152,18 +179,37 @@ pub fn serve(
 
         // The rest runs once per socket: boxed, so its state is not part of
         // every idle socket's task (bench/RESULTS.md, idle).
-        Box::pin(finish(end, sink, session)).await;
+        Box::pin(finish(end, sink, rx, session)).await;
     }
 }
 
 /// Says goodbye as `end` asks, then cleans up the registration.
-async fn finish<S>(end: End, mut sink: S, session: Session)
+///
+/// The socket leaves the pod's table first, so a command that arrives from
+/// now on finds it gone and follows the daemon to its newer connection
+/// ([`crate::cluster::routing`]); what was queued before is written out
+/// ahead of the close frame when the daemon still reads (replaced, drained,
+/// told to reconnect): each of those commands was confirmed as delivered.
+async fn finish<S>(end: End, mut sink: S, mut rx: outbox::Receiver, session: Session)
 where
     S: SinkExt<Message> + Unpin,
 {
+    session.state.conns.remove(session.conn);
+    if matches!(end, End::Replaced | End::Drain | End::Closed) {
+        let flush = async {
+            while let Some(json) = rx.try_recv() {
+                sink.feed(Message::Text(json)).await.map_err(|_| ())?;
+            }
+            sink.flush().await.map_err(|_| ())
+        };
+        // Bounded: a daemon that stopped reading does not hold the pod.
+        let _ = tokio::time::timeout(FLUSH_ON_CLOSE, flush).await;
+    }
+    drop(rx);
     let goodbye = match end {
         End::Gone => None,
         End::Closed => Some((CloseCode::Again, "try again later")),
+        End::Slow => Some((CloseCode::Again, "command queue full; reconnect")),
         End::Replaced => Some((
             CloseCode::from(CLOSE_REPLACED),
             "replaced by a newer connection",

@@ -89,15 +89,17 @@ pub async fn active_counts(
     Ok(rows.into_iter().collect())
 }
 
-/// Hands a pending task to a daemon (`starting`). Returns the new version,
-/// or `None` if the task was no longer pending.
+/// Hands a pending task to a daemon (`starting`; its `spawnTask` leaves
+/// right after the commit, so that is when it counts as sent). Returns the
+/// new version, or `None` if the task was no longer pending.
 pub async fn assign(
     tx: &mut Transaction<'_, Postgres>,
     task_id: Uuid,
     daemon_id: Uuid,
 ) -> Result<Option<i32>> {
     Ok(sqlx::query_scalar(
-        "UPDATE tasks SET status = 'starting', daemon_id = $2, version = version + 1, updated_at = now()
+        "UPDATE tasks SET status = 'starting', daemon_id = $2, version = version + 1, updated_at = now(),
+           spawn_sent_at = now(), spawn_attempts = 1, confirmed_at = NULL, missing_since = NULL
          WHERE id = $1 AND status = 'pending' RETURNING version",
     )
     .bind(task_id)
@@ -106,11 +108,13 @@ pub async fn assign(
     .await?)
 }
 
-/// The `spawnTask` could not be delivered: the task goes back to `pending`
-/// (unless something else changed it meanwhile).
+/// The `spawnTask` surely did not reach the daemon (no pod holds it, or
+/// its socket went away first): the task goes back to `pending` (unless
+/// something else changed it meanwhile). Never after an unknown outcome.
 pub async fn unassign(pool: &PgPool, task_id: Uuid, daemon_id: Uuid) -> Result<Option<i32>> {
     Ok(sqlx::query_scalar(
-        "UPDATE tasks SET status = 'pending', daemon_id = NULL, version = version + 1, updated_at = now()
+        "UPDATE tasks SET status = 'pending', daemon_id = NULL, version = version + 1, updated_at = now(),
+           spawn_sent_at = NULL, spawn_attempts = 0, confirmed_at = NULL, missing_since = NULL
          WHERE id = $1 AND daemon_id = $2 AND status = 'starting' RETURNING version",
     )
     .bind(task_id)

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod files;
 pub mod history;
 pub mod outputs;
+pub mod reconcile;
 pub mod resources;
 pub mod supervisors;
 pub mod task_views;

@@ -80,6 +80,8 @@ pub async fn retry_after_disconnect(pool: &PgPool, daemon_id: Uuid) -> Result<Ve
            daemon_id = NULL,
            failed_daemon_ids = array_append(t.failed_daemon_ids, $1),
            retry_count = t.retry_count + 1,
+           released_from = $1, released_at = now(),
+           confirmed_at = NULL, missing_since = NULL, spawn_sent_at = NULL, spawn_attempts = 0,
            version = t.version + 1,
            updated_at = now()
          FROM daemons d
@@ -111,6 +113,8 @@ pub async fn set_status<'e>(
            status = $4,
            started_at = CASE WHEN $4 = 'running' AND status <> 'running' THEN now()
                              ELSE started_at END,
+           confirmed_at = COALESCE(confirmed_at, now()),
+           missing_since = NULL,
            version = version + 1,
            updated_at = now()
          WHERE id = $1 AND owner_id = $2 AND daemon_id = $3
@@ -181,6 +185,7 @@ pub async fn complete<'e>(
            status = CASE WHEN $4 THEN 'done' ELSE 'failed' END,
            completed_at = now(),
            error_message = $5,
+           missing_since = NULL,
            version = version + 1,
            updated_at = now()
          WHERE id = $1 AND owner_id = $2 AND daemon_id = $3
@@ -211,6 +216,8 @@ pub async fn resume_after_restart(
            daemon_id = NULL,
            error_message = 'Daemon restarted - task ready for resumption',
            interrupted_at = now(),
+           released_from = $3, released_at = now(),
+           confirmed_at = NULL, missing_since = NULL, spawn_sent_at = NULL, spawn_attempts = 0,
            version = version + 1,
            updated_at = now()
          WHERE id = $1 AND owner_id = $2 AND daemon_id = $3 AND NOT (status = ANY($4))
@@ -242,6 +249,8 @@ pub async fn retry_after_restart(
            daemon_id = NULL,
            failed_daemon_ids = array_append(failed_daemon_ids, $3),
            retry_count = retry_count + 1,
+           released_from = $3, released_at = now(),
+           confirmed_at = NULL, missing_since = NULL, spawn_sent_at = NULL, spawn_attempts = 0,
            version = version + 1,
            updated_at = now()
          WHERE id = $1 AND owner_id = $2 AND daemon_id = $3 AND NOT (status = ANY($4))

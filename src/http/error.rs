@@ -94,6 +94,10 @@ impl From<Error> for ApiError {
             Error::DaemonOffline(_) => {
                 Self::Conflict(body("DAEMON_OFFLINE", "the daemon is not connected"))
             }
+            Error::DeliveryUnknown(_) => Self::Timeout(body(
+                "DAEMON_TIMEOUT",
+                "the command's delivery was not confirmed in time; it may or may not have reached the daemon",
+            )),
             ref db if db.is_db_unavailable() => {
                 tracing::error!(error = %e, "database unavailable");
                 Self::Unavailable(body("DB_UNAVAILABLE", "the database is unavailable"))

@@ -263,7 +263,6 @@ async fn ask(
         redis: &state.redis,
         metrics: &state.metrics,
         waiters: &state.waiters,
-        pod_id: &state.pod_id,
         timeout: state.config.request_timeout(),
     };
     let raw = match pending::request(request, kind, task_id, daemon_id, &command).await {

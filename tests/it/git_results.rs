@@ -193,7 +193,6 @@ fn wait_on(
             redis: &s.redis,
             metrics: &s.metrics,
             waiters: &s.waiters,
-            pod_id: &s.pod_id,
             timeout: Duration::from_secs(5),
         };
         let answer = pending::request(req, kind, task, daemon, &command)

@@ -9,6 +9,7 @@ mod cluster;
 mod connect;
 mod crash;
 mod daemon_rows;
+mod delivery;
 mod events;
 mod files;
 mod git_results;

@@ -294,7 +294,6 @@ async fn answers_resolve_callers_waiting_on_another_replica_and_only_the_owners_
                 redis: &s.redis,
                 metrics: &s.metrics,
                 waiters: &s.waiters,
-                pod_id: &s.pod_id,
                 timeout: Duration::from_secs(5),
             };
             pending::request(
