@@ -40,6 +40,10 @@ pub struct Metrics {
     pub tasks_handed_back: AtomicU64,
     pub stale_copies_interrupted: AtomicU64,
     pub spawn_outcome_unknown: AtomicU64,
+    pub client_replays: AtomicU64,
+    pub client_replay_lines: AtomicU64,
+    pub client_gaps_filled: AtomicU64,
+    pub client_resyncs: AtomicU64,
     /// Commands by type, then outcome (nested so that counting one looks
     /// the type up by `&str`, without building an owned key per command).
     commands: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
@@ -48,6 +52,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts one command of `kind` with `outcome` (sent, offline, failed,
@@ -65,7 +73,7 @@ impl Metrics {
     /// `extra`: counters kept elsewhere (name, help, value).
     pub fn render(&self, extra: &[(&str, &str, u64)], gauges: &[(&str, &str, u64)]) -> String {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 29] = [
+        let counters: [(&str, &str, &AtomicU64); 33] = [
             (
                 "meshgate_commands_sent_total",
                 "Commands published to a pod holding the daemon",
@@ -210,6 +218,26 @@ impl Metrics {
                 "meshgate_spawn_outcome_unknown_total",
                 "spawnTask whose delivery could not be confirmed (left to reconciliation)",
                 &self.spawn_outcome_unknown,
+            ),
+            (
+                "meshgate_client_replays_total",
+                "Task topics a web client asked to replay from a position (subscribe with since, Last-Event-ID)",
+                &self.client_replays,
+            ),
+            (
+                "meshgate_client_replay_lines_total",
+                "Stored output lines read from PostgreSQL for web clients' replays and gap repairs",
+                &self.client_replay_lines,
+            ),
+            (
+                "meshgate_client_gaps_filled_total",
+                "Web client task topics filled from PostgreSQL after the pod's events subscription was interrupted",
+                &self.client_gaps_filled,
+            ),
+            (
+                "meshgate_client_resyncs_total",
+                "resync events sent to web clients (events of a topic lost and not refillable)",
+                &self.client_resyncs,
             ),
         ];
         let mut out = String::new();

@@ -24,16 +24,29 @@ pub struct Audience {
 #[serde(rename_all = "camelCase")]
 struct Envelope<'a> {
     owner_id: Uuid,
+    /// A stored output line's id, beside the event so that the receiving
+    /// hub reads it without parsing the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_id: Option<i64>,
     event: &'a ClientEvent,
 }
 
-/// The published form of an event: `{ownerId, event}` (every event channel
-/// carries this, so the receiving pod can check ownership). `None` (logged)
-/// if it cannot be serialised.
+/// The published form of an event: `{ownerId, outputId?, event}` (every
+/// event channel carries this, so the receiving pod can check ownership and
+/// place a stored output line in its task's stream). `None` (logged) if it
+/// cannot be serialised.
 pub fn payload(owner_id: Uuid, event: &ClientEvent) -> Option<String> {
-    serde_json::to_string(&Envelope { owner_id, event })
-        .inspect_err(|e| tracing::error!(error = %e, "event could not be serialised"))
-        .ok()
+    let output_id = match event {
+        ClientEvent::TaskOutput { id, .. } => *id,
+        _ => None,
+    };
+    serde_json::to_string(&Envelope {
+        owner_id,
+        output_id,
+        event,
+    })
+    .inspect_err(|e| tracing::error!(error = %e, "event could not be serialised"))
+    .ok()
 }
 
 /// Publishes one event, logging (not returning) failures.

@@ -8,17 +8,28 @@
 //! bounded queue without waiting: a client whose queue is full is cut off
 //! (its `overflow` token fires and it is closed with a reason), so a slow
 //! client never slows Redis, the daemons or other clients.
+//!
+//! Nothing here is the last word on what a client saw: each delivery says
+//! which of the client's topics it is for and, for a stored output line,
+//! its id, so the client's session (`crate::clients`) can skip a copy it
+//! already sent and hold live lines back while it replays stored ones. When
+//! the hub's own subscription was interrupted (Redis lagged, the subscriber
+//! reconnected or was resubscribed), every client is told
+//! ([`Hub::interrupted`]) and fills its task topics from PostgreSQL.
 
 use std::{
-    collections::HashMap,
-    sync::{atomic::Ordering, Arc, Mutex},
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use fred::{clients::SubscriberClient, prelude::*};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::{
-    sync::{broadcast::error::RecvError, mpsc},
+    sync::{broadcast::error::RecvError, mpsc, Notify},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -35,15 +46,74 @@ use crate::{metrics::Metrics, Result};
 pub struct ClientSlot {
     pub id: u64,
     pub owner_id: Uuid,
-    pub tx: mpsc::Sender<Arc<str>>,
+    pub tx: mpsc::Sender<Delivery>,
     /// Fired when the client's queue overflowed.
     pub overflow: CancellationToken,
+    /// Raised (and the client woken) when events may have been lost.
+    pub gap: Arc<GapSignal>,
+}
+
+/// "Events may have been lost since you last looked", for one client.
+#[derive(Default)]
+pub struct GapSignal {
+    raised: AtomicBool,
+    wake: Notify,
+}
+
+impl GapSignal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Waits until the signal is raised, and lowers it.
+    pub async fn wait(&self) {
+        loop {
+            if self.raised.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// One topic of one client, shared between the client and the hub.
+pub struct TopicLink {
+    /// The topic in canonical form.
+    pub topic: Box<str>,
+    /// While set, the hub does not queue the topic's stored output lines:
+    /// the client is reading them from PostgreSQL instead.
+    pub paused: AtomicBool,
+}
+
+impl TopicLink {
+    pub fn new(topic: &str, paused: bool) -> Arc<Self> {
+        Arc::new(Self {
+            topic: topic.into(),
+            paused: AtomicBool::new(paused),
+        })
+    }
+}
+
+/// One event for one client.
+pub struct Delivery {
+    pub link: Arc<TopicLink>,
+    /// The id of a stored output line (its position in the task's stream).
+    pub output_id: Option<i64>,
+    pub json: Arc<str>,
+}
+
+struct Member {
+    slot: ClientSlot,
+    link: Arc<TopicLink>,
 }
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(rename = "ownerId")]
     owner_id: Uuid,
+    #[serde(rename = "outputId", default)]
+    output_id: Option<i64>,
     #[serde(borrow)]
     event: &'a RawValue,
 }
@@ -51,7 +121,7 @@ struct Envelope<'a> {
 pub struct Hub {
     redis: Arc<Redis>,
     subscriber: SubscriberClient,
-    clients: Mutex<HashMap<String, Vec<ClientSlot>>>,
+    clients: Mutex<HashMap<String, Vec<Member>>>,
     /// Serialises SUBSCRIBE/UNSUBSCRIBE so a channel's Redis subscription
     /// always matches whether it has clients.
     changes: tokio::sync::Mutex<()>,
@@ -93,12 +163,13 @@ impl Hub {
         (hub, task)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ClientSlot>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Member>>> {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds `slot` to `channel`, subscribing in Redis if it is the first.
-    pub async fn join(&self, channel: &str, slot: ClientSlot) -> Result<()> {
+    /// Adds `slot` to `channel` for its topic `link`, subscribing in Redis
+    /// if it is the first.
+    pub async fn join(&self, channel: &str, slot: ClientSlot, link: Arc<TopicLink>) -> Result<()> {
         let _serial = self.changes.lock().await;
         let first = !self.lock().contains_key(channel);
         if first {
@@ -107,7 +178,7 @@ impl Hub {
         self.lock()
             .entry(channel.to_owned())
             .or_default()
-            .push(slot);
+            .push(Member { slot, link });
         Ok(())
     }
 
@@ -116,7 +187,7 @@ impl Hub {
     pub fn leave(&self, channel: &str, id: u64) {
         let mut map = self.lock();
         if let Some(slots) = map.get_mut(channel) {
-            slots.retain(|s| s.id != id);
+            slots.retain(|m| m.slot.id != id);
             if slots.is_empty() {
                 map.remove(channel);
                 let _ = self.janitor.send(channel.to_owned());
@@ -159,7 +230,8 @@ impl Hub {
                     },
                     Err(RecvError::Lagged(n)) => {
                         self.metrics.pubsub_messages_lost.fetch_add(n, Ordering::Relaxed);
-                        tracing::error!(lost = n, "event hub fell behind Redis; events lost");
+                        tracing::error!(lost = n, "event hub fell behind Redis; its clients catch up from PostgreSQL");
+                        self.interrupted();
                     }
                     Err(RecvError::Closed) => break,
                 },
@@ -173,6 +245,21 @@ impl Hub {
     pub async fn resubscribe(&self) -> Result<()> {
         let _serial = self.changes.lock().await;
         Ok(self.redis.resubscribe(&self.subscriber).await?)
+    }
+
+    /// Tells every client that events may have been lost (the hub lagged,
+    /// or its subscriptions were renewed after an interruption): each
+    /// fills its task topics from PostgreSQL and is sent `resync` for the
+    /// rest. Call it once the subscriptions are back, so that what the
+    /// clients read next is followed by live events without a hole.
+    pub fn interrupted(&self) {
+        let map = self.lock();
+        let mut told = HashSet::new();
+        for member in map.values().flatten() {
+            if told.insert(member.slot.id) {
+                member.slot.gap.raise();
+            }
+        }
     }
 
     async fn unsubscribe_if_unused(&self, channel: &str) {
@@ -194,12 +281,21 @@ impl Hub {
         };
         let event: Arc<str> = envelope.event.get().into();
         let map = self.lock();
-        for slot in map.get(channel).into_iter().flatten() {
+        for Member { slot, link } in map.get(channel).into_iter().flatten() {
             // Channels are per owner or per owned task; this is a second lock.
             if slot.owner_id != envelope.owner_id {
                 continue;
             }
-            match slot.tx.try_send(event.clone()) {
+            if envelope.output_id.is_some() && link.paused.load(Ordering::SeqCst) {
+                // Read from PostgreSQL by the replay under way.
+                continue;
+            }
+            let delivery = Delivery {
+                link: link.clone(),
+                output_id: envelope.output_id,
+                json: event.clone(),
+            };
+            match slot.tx.try_send(delivery) {
                 Ok(()) => Metrics::inc(&self.metrics.events_delivered),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if !slot.overflow.is_cancelled() {

@@ -166,8 +166,14 @@ impl Subscriptions {
                 .resubscribe(&self.redis.subscriber)
                 .await
                 .map_err(crate::Error::from),
-            // Serialised with the hub's own (un)subscribes.
-            Which::Events => self.hub.resubscribe().await,
+            // Serialised with the hub's own (un)subscribes. Events published
+            // while the subscription was down are gone from Redis: once it
+            // is back, the hub's clients fill the gap from PostgreSQL.
+            Which::Events => self
+                .hub
+                .resubscribe()
+                .await
+                .inspect(|()| self.hub.interrupted()),
         };
         if let Err(e) = &renewed {
             tracing::warn!(subscriber = ?which, error = %e, "resubscribe failed; will retry");

@@ -22,6 +22,7 @@ use crate::{
     auth::{check_header, Principal},
     clients::{self, Client},
     cluster::tickets,
+    protocol::client::Topic,
     state::AppState,
 };
 
@@ -219,10 +220,21 @@ pub async fn events_sse(req: &Request, Data(state): Data<&AppState>) -> Response
         Ok(admitted) => admitted,
         Err(resp) => return resp,
     };
-    let (mut client, rx) = Client::new(state, &principal);
+    // Where an earlier stream of this client stopped (an `EventSource`
+    // reconnecting sends it on its own): each task topic resumes after it.
+    let resume = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(clients::Positions::decode);
+    let mut client = Client::new(state, &principal, true);
     let mut confirmed = Vec::new();
     for (_, topic) in params.iter().filter(|(k, _)| k == "topic") {
-        match client.subscribe(topic).await {
+        let since = match (&resume, topic.parse::<Topic>()) {
+            (Some(at), Ok(Topic::Task(task))) => at.get(task).map(|p| p as u64),
+            _ => None,
+        };
+        match client.subscribe(topic, since).await {
             Ok(t) => confirmed.push(t),
             Err(r) => {
                 let status = match r.code {
@@ -235,7 +247,7 @@ pub async fn events_sse(req: &Request, Data(state): Data<&AppState>) -> Response
         }
     }
     let keep_alive = clients::keep_alive(state);
-    SSE::new(clients::sse_stream(client, rx, confirmed, state.clone()))
+    SSE::new(clients::sse_stream(client, confirmed, state.clone()))
         .keep_alive(keep_alive)
         .into_response()
 }

@@ -49,6 +49,23 @@ impl MessageType {
             Self::AuthRequired => "auth_required",
         }
     }
+
+    /// Every kind.
+    pub const ALL: [Self; 8] = [
+        Self::System,
+        Self::Assistant,
+        Self::ToolUse,
+        Self::ToolResult,
+        Self::Result,
+        Self::Error,
+        Self::Raw,
+        Self::AuthRequired,
+    ];
+
+    /// The kind written `name` ([`Self::as_str`] backwards).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
 }
 
 /// One structured task output event, parsed from one output line.
@@ -438,18 +455,11 @@ mod tests {
 
     #[test]
     fn message_type_names_match_serde() {
-        let all = [
-            MessageType::System,
-            MessageType::Assistant,
-            MessageType::ToolUse,
-            MessageType::ToolResult,
-            MessageType::Result,
-            MessageType::Error,
-            MessageType::Raw,
-        ];
-        for t in all {
+        for t in MessageType::ALL {
             assert_eq!(serde_json::to_value(t).unwrap(), json!(t.as_str()));
+            assert_eq!(MessageType::from_name(t.as_str()), Some(t));
         }
+        assert_eq!(MessageType::from_name("nonsense"), None);
         assert_eq!(MessageType::ToolResult.as_str(), "tool_result");
     }
 }

@@ -115,6 +115,12 @@ pub enum ClientEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hostname: Option<String>,
     },
+    /// The server may have missed events of `topic` for this client and
+    /// could not fill the gap itself: re-read the state (e.g. `GET /tasks`).
+    Resync {
+        /// The topic, in canonical form.
+        topic: String,
+    },
     /// A client request was rejected.
     Error {
         /// Machine-readable code (e.g. `FORBIDDEN`, `BAD_TOPIC`).
@@ -137,6 +143,7 @@ impl ClientEvent {
             Self::PrResult { .. } => "prResult",
             Self::DaemonConnected { .. } => "daemonConnected",
             Self::DaemonDisconnected { .. } => "daemonDisconnected",
+            Self::Resync { .. } => "resync",
             Self::Error { .. } => "error",
         }
     }
@@ -150,6 +157,10 @@ pub enum ClientRequest {
     Subscribe {
         /// `task:<uuid>` or `owner`; see [`Topic`].
         topic: String,
+        /// Task topics: replay the stored outputs after this output id
+        /// first (`0`: the whole task), then continue live (§2.1).
+        #[serde(default)]
+        since: Option<u64>,
     },
     /// Stop receiving the events of a topic.
     Unsubscribe {
@@ -349,15 +360,43 @@ mod tests {
     }
 
     #[test]
+    fn resync_names_its_topic() {
+        let ev = ClientEvent::Resync {
+            topic: "owner".into(),
+        };
+        assert_eq!(wire(&ev), json!({"type": "resync", "topic": "owner"}));
+    }
+
+    #[test]
     fn client_requests() {
         let req: ClientRequest =
             serde_json::from_str(r#"{"type":"subscribe","topic":"owner","x":1}"#).unwrap();
         assert_eq!(
             req,
             ClientRequest::Subscribe {
-                topic: "owner".into()
+                topic: "owner".into(),
+                since: None,
             }
         );
+        let req: ClientRequest = serde_json::from_str(&format!(
+            r#"{{"type":"subscribe","topic":"task:{TASK}","since":42}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            req,
+            ClientRequest::Subscribe {
+                topic: format!("task:{TASK}"),
+                since: Some(42),
+            }
+        );
+        // A position is an output id: never negative, never a fraction.
+        for bad in ["-1", "1.5", "\"7\""] {
+            let text = format!(r#"{{"type":"subscribe","topic":"owner","since":{bad}}}"#);
+            assert!(
+                serde_json::from_str::<ClientRequest>(&text).is_err(),
+                "{bad}"
+            );
+        }
         let req: ClientRequest =
             serde_json::from_str(r#"{"type":"unsubscribe","topic":"owner"}"#).unwrap();
         assert_eq!(

@@ -20,12 +20,12 @@ use crate::{
 };
 
 /// A web client on the event WebSocket.
-struct Watcher {
-    ws: Ws,
+pub(crate) struct Watcher {
+    pub(crate) ws: Ws,
 }
 
 impl Watcher {
-    async fn open(
+    pub(crate) async fn open(
         addr: std::net::SocketAddr,
         key: Option<&str>,
         ticket: Option<&str>,
@@ -46,20 +46,20 @@ impl Watcher {
         }
     }
 
-    async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.ws
             .send(Message::Text(v.to_string().into()))
             .await
             .unwrap();
     }
 
-    async fn subscribe(&mut self, topic: &str) -> Value {
+    pub(crate) async fn subscribe(&mut self, topic: &str) -> Value {
         self.send(json!({"type": "subscribe", "topic": topic}))
             .await;
         self.next().await
     }
 
-    async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+    pub(crate) async fn try_next(&mut self, wait: Duration) -> Option<Value> {
         loop {
             match tokio::time::timeout(wait, self.ws.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
@@ -69,7 +69,7 @@ impl Watcher {
         }
     }
 
-    async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         self.try_next(Duration::from_secs(5))
             .await
             .expect("an event within 5 s")
@@ -146,14 +146,25 @@ async fn a_client_on_pod_c_sees_a_tasks_output_and_status_from_pods_a_and_b_and_
 }
 
 /// Reads an SSE response into (event name, data) pairs.
-struct SseReader {
-    resp: reqwest::Response,
-    buf: String,
-    events: Vec<(String, Value)>,
+pub(crate) struct SseReader {
+    pub(crate) resp: reqwest::Response,
+    pub(crate) buf: String,
+    pub(crate) events: Vec<(String, Value)>,
+    /// Each event's `id:` line, if it had one.
+    pub(crate) ids: Vec<Option<String>>,
 }
 
 impl SseReader {
-    async fn read_until(&mut self, n: usize) {
+    pub(crate) fn new(resp: reqwest::Response) -> Self {
+        Self {
+            resp,
+            buf: String::new(),
+            events: Vec::new(),
+            ids: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn read_until(&mut self, n: usize) {
         while self.events.len() < n {
             let chunk = tokio::time::timeout(Duration::from_secs(5), self.resp.chunk())
                 .await
@@ -168,9 +179,14 @@ impl SseReader {
                     .find_map(|l| l.strip_prefix("event: "))
                     .map(str::to_owned);
                 let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+                let id = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id: "))
+                    .map(str::to_owned);
                 if let (Some(name), Some(data)) = (name, data) {
                     self.events
                         .push((name, serde_json::from_str(data).unwrap()));
+                    self.ids.push(id);
                 }
             }
         }
@@ -199,11 +215,7 @@ async fn sse_delivers_the_same_events_as_the_websocket() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let mut sse = SseReader {
-        resp,
-        buf: String::new(),
-        events: Vec::new(),
-    };
+    let mut sse = SseReader::new(resp);
     sse.read_until(1).await;
     for i in 0..5 {
         d.send(output(task, &format!("l{i}"))).await;

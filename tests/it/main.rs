@@ -19,6 +19,7 @@ mod messages;
 mod outages;
 mod page;
 mod resources;
+mod resume;
 mod routing;
 mod sentinel;
 mod tap;

@@ -25,13 +25,13 @@ use crate::{
 };
 
 /// A private redis-server for one test.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     port: u16,
     child: Child,
 }
 
 impl PrivateRedis {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_on(free_port()).await
     }
 
@@ -59,11 +59,11 @@ impl PrivateRedis {
         me
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    async fn cli(&self, args: &[&str]) -> Option<String> {
+    pub(crate) async fn cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
             .args(args)
