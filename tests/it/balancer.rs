@@ -48,14 +48,16 @@ fn spawn_pod(env: &TestEnv, port: u16, dir: &std::path::Path) -> Child {
         .expect("start meshgate")
 }
 
-fn haproxy(front: u16, pods: &[u16], dir: &std::path::Path) -> Child {
+/// haproxy on `front` before `pods` (HTTP mode, health-checked on
+/// `/readyz` every 200 ms), balancing by `balance` (`roundrobin`, `first`…).
+pub(crate) fn haproxy(front: u16, pods: &[u16], dir: &std::path::Path, balance: &str) -> Child {
     let servers: String = pods
         .iter()
         .enumerate()
         .map(|(i, p)| format!("  server p{i} 127.0.0.1:{p} check\n"))
         .collect();
     let config = format!(
-        "global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n  option redispatch\n  retries 3\nfrontend fe\n  bind 127.0.0.1:{front}\n  default_backend pods\nbackend pods\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n  default-server inter 200ms fall 1 rise 1\n{servers}"
+        "global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n  option redispatch\n  retries 3\nfrontend fe\n  bind 127.0.0.1:{front}\n  default_backend pods\nbackend pods\n  balance {balance}\n  option httpchk GET /readyz\n  http-check expect status 200\n  default-server inter 200ms fall 1 rise 1\n{servers}"
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
@@ -167,7 +169,7 @@ async fn pods_are_killed_drained_and_added_behind_a_balancer_without_losing_daem
         .await;
     }
     let front = free_port();
-    let _lb = haproxy(front, &ports, &dir);
+    let _lb = haproxy(front, &ports, &dir, "roundrobin");
     let lb: std::net::SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
     eventually(Duration::from_secs(10), "balancer up", || async {
         reqwest::get(format!("http://{lb}/healthz"))

@@ -649,3 +649,95 @@ async fn pasted_key_reads_state_then_follows_and_survives_a_restart() {
     b.close().await;
     pod2.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_page_resumes_its_task_through_another_replica_when_its_own_is_killed() {
+    let env = TestEnv::new().await;
+    let grace = ["--disconnect-grace-ms=60000"];
+    // Pods A and B behind a balancer that prefers A while it is up; the
+    // daemon is on pod C, outside it.
+    let (a, b, c) = (
+        env.pod_with(&grace).await,
+        env.pod_with(&grace).await,
+        env.pod_with(&grace).await,
+    );
+    let dir = std::env::temp_dir().join(format!("mg-page-lb-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let front = crate::harness::free_port();
+    let _lb = crate::balancer::haproxy(front, &[a.addr().port(), b.addr().port()], &dir, "first");
+    let lb: std::net::SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
+    eventually(WAIT, "the balancer up", || async {
+        let r = reqwest::get(format!("http://{lb}/readyz")).await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let owner = env.owner().await;
+    let mut d = Daemon::connect(c.addr(), &owner.key, "page-3").await;
+    let task = env.task(owner.owner_id, "running", Some(d.id())).await;
+    d.send(output(task, "line 0")).await;
+    d.send(output(task, "line 1")).await;
+
+    let mut b_ = Browser::launch("failover").await;
+    b_.navigate(&format!("http://{lb}/")).await;
+    b_.run(&format!(
+        "document.getElementById('key').value = {}; document.getElementById('login').requestSubmit()",
+        js(&owner.key)
+    ))
+    .await;
+    b_.wait_for(
+        "live",
+        "document.getElementById('conn').dataset.state",
+        json!("live"),
+    )
+    .await;
+    b_.run(&format!(
+        "document.getElementById('task-id').value = {}; document.getElementById('follow').requestSubmit()",
+        js(&task.to_string())
+    ))
+    .await;
+    b_.wait_for(
+        "the stored lines, replayed over the socket",
+        &format!("document.getElementById('output').dataset.state === 'live' && {LINES}"),
+        json!(["line 0", "line 1"]),
+    )
+    .await;
+    d.send(output(task, "line 2")).await;
+    b_.wait_for("a live line", LINES, json!(["line 0", "line 1", "line 2"]))
+        .await;
+
+    // Pod A dies with the page's socket; lines keep coming meanwhile.
+    a.kill().await;
+    for i in 3..10 {
+        d.send(output(task, &format!("line {i}"))).await;
+    }
+    let expected: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
+    b_.wait_for_within(
+        Duration::from_secs(40),
+        "every line once, in order, through pod B",
+        &format!("document.getElementById('output').dataset.state === 'live' && {LINES}"),
+        json!(expected),
+    )
+    .await;
+    d.send(output(task, "line 10")).await;
+    b_.wait_for(
+        "live again",
+        &format!("{LINES}.slice(-2)"),
+        json!(["line 9", "line 10"]),
+    )
+    .await;
+    // All of it over the socket (subscribe with `since`), none re-read
+    // over HTTP.
+    assert_eq!(
+        b_.run("performance.getEntriesByType('resource').filter(e => e.name.includes('/outputs')).length")
+            .await,
+        json!(0)
+    );
+    assert!(
+        !b_.log.iter().any(|l| l.starts_with("exception")),
+        "page log: {:?}",
+        b_.log
+    );
+    b_.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    drop((b, c));
+}
