@@ -278,7 +278,12 @@ async fn stored(world: &World, a: &PodProc) -> f64 {
 /// The web client: subscribes to `tasks` and records every `taskOutput`
 /// (slot = the task's place in `tasks`, latency from the line's stamp).
 /// `subscribed` confirmations are counted as the recorder's marks.
-async fn web_client(url: String, key: String, tasks: Vec<Uuid>, rec: std::sync::Arc<Recorder>) {
+pub(super) async fn web_client(
+    url: String,
+    key: String,
+    tasks: Vec<Uuid>,
+    rec: std::sync::Arc<Recorder>,
+) {
     let Ok(mut req) = url.as_str().into_client_request() else {
         return;
     };

@@ -20,6 +20,7 @@ mod ingest;
 mod inject;
 mod procs;
 mod register;
+mod resume;
 mod route;
 pub mod stats;
 mod world;
@@ -82,6 +83,12 @@ pub struct BenchArgs {
     /// `ingest` (b): output lines per second of all daemons together.
     #[arg(long, default_value_t = 10_000)]
     pub line_rate: u64,
+    /// `resume`: clients that each resume one finished task from its start.
+    #[arg(long, default_value_t = 100)]
+    pub resumers: usize,
+    /// `resume`: stored lines of each resumed task.
+    #[arg(long, default_value_t = 10_000)]
+    pub resume_lines: u64,
     /// `ingest`: tasks the web client subscribes to.
     #[arg(long, default_value_t = 10)]
     pub subscribed: usize,
@@ -130,6 +137,8 @@ pub enum Scenario {
     Idle,
     Ingest,
     Register,
+    /// Web clients resuming long task streams while daemons stream.
+    Resume,
     /// Internal: pod B of `route` (a pod plus the injection loop).
     #[value(hide = true)]
     Injector,
@@ -152,6 +161,7 @@ pub async fn cli(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Idle => idle::run(&args, &mut rep).await,
         Scenario::Ingest => ingest::run(&args, &mut rep).await,
         Scenario::Register => register::run(&args, &mut rep).await,
+        Scenario::Resume => resume::run(&args, &mut rep).await,
         Scenario::Injector => Ok(()),
     };
     rep.insert("loadAvgAtEnd".into(), json!(procs::loadavg()));
