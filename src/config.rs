@@ -314,6 +314,17 @@ pub struct Config {
     )]
     pub client_queue: usize,
 
+    /// Stored output lines a pod reads per second for its web clients'
+    /// replays (`since`, `Last-Event-ID`, gap repair), all clients
+    /// together, so that replays leave live output its share; 0: no bound.
+    #[arg(
+        long = "client-replay-rate",
+        alias = "meshgate-client-replay-rate",
+        env = "MESHGATE_CLIENT_REPLAY_RATE",
+        default_value_t = 20_000
+    )]
+    pub client_replay_rate: u64,
+
     /// Interval of SSE keep-alive comments (so proxies keep idle streams).
     #[arg(
         long = "sse-keepalive-ms",

@@ -93,6 +93,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         config.task_route_cache(),
         redis.resubscribed.clone(),
     ));
+    let replay_budget = Arc::new(clients::ReplayBudget::new(config.client_replay_rate));
     let state = AppState::new(state::Shared {
         config: Arc::new(config),
         pod_id: pod_id.clone(),
@@ -102,6 +103,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> Result<
         conns: Arc::new(Connections::default()),
         waiters: Arc::default(),
         hub,
+        replay_budget,
         liveness: liveness.clone(),
         metrics,
         key_usage,

@@ -55,6 +55,8 @@ pub struct Shared {
     pub waiters: Arc<Waiters>,
     /// Event fan-out to this pod's web clients.
     pub hub: Arc<Hub>,
+    /// Bounds the lines read for this pod's clients' replays per second.
+    pub replay_budget: Arc<crate::clients::ReplayBudget>,
     /// Whether this pod's subscriptions deliver (readiness).
     pub liveness: Arc<Liveness>,
     pub metrics: Arc<Metrics>,

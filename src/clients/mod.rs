@@ -7,6 +7,7 @@
 //!
 //! [`Hub`]: crate::cluster::hub::Hub
 
+mod pace;
 mod sse;
 mod stream;
 mod ws;
@@ -25,6 +26,7 @@ use uuid::Uuid;
 
 use self::stream::{InFlight, Outgoing, Phase, Retry, TopicState};
 pub use self::{
+    pace::ReplayBudget,
     sse::{keep_alive, sse_event, sse_stream, Positions},
     ws::serve_ws,
 };

@@ -319,9 +319,11 @@ impl Client {
                 continue;
             };
             let db = self.state.db.clone();
+            let budget = self.state.replay_budget.clone();
             let owner = self.slot.owner_id;
             let snapshot = ts.snapshot_due;
             let fut = Box::pin(async move {
+                budget.take(PAGE as u64).await;
                 let current = if snapshot {
                     db::tasks::of_owner(&db, owner, task).await?
                 } else {
