@@ -38,7 +38,7 @@ pub async fn run(args: &BenchArgs, rep: &mut Report) -> anyhow::Result<()> {
         json!({
             "daemons": args.daemons.unwrap_or(1000), "durationS": args.duration_s,
             "connections": args.connections, "warmupS": args.warmup_s.unwrap_or(2),
-            "heartbeatMs": args.heartbeat_ms, "httpClient": args.http_client,
+            "heartbeatMs": args.heartbeat_ms(), "httpClient": args.http_client,
         }),
     );
     let world = World::new(args, &args.redis_url).await?;

@@ -21,7 +21,7 @@ pub async fn run(args: &BenchArgs, rep: &mut Report) -> anyhow::Result<()> {
     let concurrency = args.connect_concurrency.unwrap_or(400);
     rep.insert(
         "config".into(),
-        json!({"daemons": args.idle_daemons, "connectConcurrency": concurrency, "settleS": 5, "heartbeatMs": args.heartbeat_ms}),
+        json!({"daemons": args.idle_daemons, "connectConcurrency": concurrency, "settleS": 5, "heartbeatMs": args.heartbeat_ms()}),
     );
     let world = World::new(args, &args.redis_url).await?;
     let mut runs = Vec::new();

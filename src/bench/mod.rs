@@ -10,10 +10,13 @@
 //! `--overload`, against a private Redis with a low pub/sub buffer limit),
 //! `api` (the same through `POST /tasks/{id}/message`), `idle` (memory per
 //! idle daemon), `ingest` (task output persisted and streamed to a web
-//! client), `register` (connect + authenticate rate). `bench/RESULTS.md`
-//! says how each is measured.
+//! client), `register` (connect + authenticate rate), `chaos` (tasks run
+//! while pods, Redis, subscribers and daemon sockets fail; then checked
+//! for exactly-once from PostgreSQL and the daemons' records).
+//! `bench/RESULTS.md` says how each is measured.
 
 mod api;
+mod chaos;
 mod http_load;
 mod idle;
 mod ingest;
@@ -56,7 +59,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub overload: bool,
     /// Simulated daemons (default: 1000 for route/api, 100 for ingest,
-    /// 5000 for register).
+    /// 5000 for register, 200 for chaos).
     #[arg(long)]
     pub daemons: Option<usize>,
     /// Length of each measured phase.
@@ -99,9 +102,10 @@ pub struct BenchArgs {
     /// as the peer's 4 × 100; 200 for register).
     #[arg(long)]
     pub connect_concurrency: Option<usize>,
-    /// Interval between heartbeats of each simulated daemon.
-    #[arg(long, default_value_t = 30_000)]
-    pub heartbeat_ms: u64,
+    /// Interval between heartbeats of each simulated daemon (default:
+    /// 30000; 1000 for chaos, whose repairs rely on them).
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
     /// Worker threads of the simulated daemons' runtime.
     #[arg(long, default_value_t = 2)]
     pub sim_threads: usize,
@@ -128,6 +132,20 @@ pub struct BenchArgs {
     /// `route --overload`: `client-output-buffer-limit` set on the private Redis.
     #[arg(long, default_value = "pubsub 4mb 1mb 5")]
     pub pubsub_limit: String,
+    #[command(flatten)]
+    pub chaos: chaos::ChaosArgs,
+}
+
+impl BenchArgs {
+    /// `--heartbeat-ms` or the scenario's default.
+    pub fn heartbeat_ms(&self) -> u64 {
+        let default = if self.scenario == Scenario::Chaos {
+            1_000
+        } else {
+            30_000
+        };
+        self.heartbeat_ms.unwrap_or(default)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -139,6 +157,8 @@ pub enum Scenario {
     Register,
     /// Web clients resuming long task streams while daemons stream.
     Resume,
+    /// Tasks under pod kills, Redis restarts and dropped sockets, checked for exactly-once.
+    Chaos,
     /// Internal: pod B of `route` (a pod plus the injection loop).
     #[value(hide = true)]
     Injector,
@@ -162,6 +182,7 @@ pub async fn cli(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Ingest => ingest::run(&args, &mut rep).await,
         Scenario::Register => register::run(&args, &mut rep).await,
         Scenario::Resume => resume::run(&args, &mut rep).await,
+        Scenario::Chaos => chaos::run(&args, &mut rep).await,
         Scenario::Injector => Ok(()),
     };
     rep.insert("loadAvgAtEnd".into(), json!(procs::loadavg()));
@@ -274,12 +295,23 @@ pub(crate) struct SimHost {
 
 impl SimHost {
     pub fn start(config: SimConfig, args: &BenchArgs) -> anyhow::Result<Self> {
+        let rec = Arc::new(Recorder::new(config.daemons));
+        Self::start_observed(config, args, rec.clone(), rec)
+    }
+
+    /// As [`SimHost::start`], with `observer` getting the daemons' hooks
+    /// (`rec` is then only what [`SimHost::rec`] hands out).
+    pub fn start_observed(
+        config: SimConfig,
+        args: &BenchArgs,
+        rec: Arc<Recorder>,
+        observer: Arc<dyn crate::sim::Observer>,
+    ) -> anyhow::Result<Self> {
         let threads = args.sim_threads;
         let config = SimConfig {
-            heartbeat: Duration::from_millis(args.heartbeat_ms.max(100)),
+            heartbeat: Duration::from_millis(args.heartbeat_ms().max(100)),
             ..config
         };
-        let rec = Arc::new(Recorder::new(config.daemons));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("mg-sim")
@@ -287,7 +319,7 @@ impl SimHost {
             .build()?;
         let sim = {
             let _in_rt = rt.enter();
-            Sim::start(config, rec.clone())?
+            Sim::start(config, observer)?
         };
         Ok(Self {
             rt: Some(rt),

@@ -69,7 +69,7 @@ pub async fn run(args: &BenchArgs, rep: &mut Report) -> anyhow::Result<()> {
         "daemons": args.daemons.unwrap_or(1000), "durationS": args.duration_s,
         "rate": args.rate, "window": args.window,
         "flow": if args.overload { "redis" } else { "e2e" },
-        "warmupS": args.warmup_s.unwrap_or(3), "heartbeatMs": args.heartbeat_ms,
+        "warmupS": args.warmup_s.unwrap_or(3), "heartbeatMs": args.heartbeat_ms(),
         "pubsubLimit": args.overload.then_some(&args.pubsub_limit),
         "stallMs": args.overload.then_some(args.stall_ms),
     });

@@ -43,6 +43,9 @@ pub struct World {
     pub prefix: String,
     pub key: NewKey,
     pub http: reqwest::Client,
+    /// Settings every pod started from now on gets on top of the defaults
+    /// (`chaos` shortens leases and grace periods).
+    pub pod_settings: Vec<(String, String)>,
 }
 
 /// Replaces the database name of a PostgreSQL URL.
@@ -80,6 +83,7 @@ impl World {
             prefix: format!("mgb{}", &Uuid::new_v4().simple().to_string()[..12]),
             key,
             http: reqwest::Client::new(),
+            pod_settings: Vec::new(),
         })
     }
 
@@ -104,12 +108,20 @@ impl World {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.pod_settings.iter().cloned())
         .collect()
     }
 
     /// Starts `meshgate serve` as pod `name` and waits until it is ready.
     pub async fn serve(&self, name: &str) -> anyhow::Result<PodProc> {
         self.spawn_pod(name, &["serve"], Stdio::null()).await
+    }
+
+    /// Starts `meshgate serve` as pod `name` on `addr` (a restarted pod
+    /// keeps its address) and waits until it is ready.
+    pub async fn serve_at(&self, name: &str, addr: SocketAddr) -> anyhow::Result<PodProc> {
+        self.spawn_pod_at(name, &["serve"], Stdio::null(), addr)
+            .await
     }
 
     /// Starts this binary with `args` as a pod and waits for `/readyz`.
@@ -119,7 +131,16 @@ impl World {
         args: &[&str],
         stdin: Stdio,
     ) -> anyhow::Result<PodProc> {
-        let addr = free_addr()?;
+        self.spawn_pod_at(name, args, stdin, free_addr()?).await
+    }
+
+    async fn spawn_pod_at(
+        &self,
+        name: &str,
+        args: &[&str],
+        stdin: Stdio,
+        addr: SocketAddr,
+    ) -> anyhow::Result<PodProc> {
         let exe = std::env::current_exe()?;
         let child = Command::new(exe)
             .args(args)
@@ -295,7 +316,10 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub async fn start() -> anyhow::Result<Self> {
-        let addr = free_addr()?;
+        Self::start_on(free_addr()?).await
+    }
+
+    async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("mg-bench-redis-{}.log", addr.port()));
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
@@ -324,6 +348,18 @@ impl PrivateRedis {
 
     pub fn pid(&self) -> u32 {
         self.proc.pid
+    }
+
+    /// SIGKILL, `pause`, and a new server on the same port: without
+    /// persistence it comes back empty.
+    pub async fn restart(&mut self, pause: Duration) -> anyhow::Result<()> {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        tokio::time::sleep(pause).await;
+        let next = Self::start_on(self.proc.addr).await?;
+        // The old handle's process is gone: dropping it does nothing.
+        *self = next;
+        Ok(())
     }
 
     /// Lines of its log that mention output buffer limits.

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::{
     answers::{self, AnswerCtx},
-    output, Shared,
+    output, RunEnd, Shared,
 };
 use crate::protocol::daemon::DaemonCommand;
 
@@ -45,6 +45,8 @@ enum End {
 /// A task the daemon is running.
 struct Running {
     id: Uuid,
+    /// Number of this run in the whole simulator.
+    run: u64,
     next_line: u32,
     due: Instant,
 }
@@ -57,6 +59,8 @@ struct Daemon {
     /// Checkpoints taken per task (few tasks at a time: a short list).
     checkpoints: Vec<(Uuid, u32)>,
     serial: u32,
+    /// Connection attempts so far (picks the server to dial).
+    dials: usize,
 }
 
 /// Exponential backoff with jitter: 200 ms doubling to 5 s.
@@ -80,11 +84,16 @@ pub(super) async fn run(slot: usize, sh: Arc<Shared>) {
         tasks: Vec::new(),
         checkpoints: Vec::new(),
         serial: 0,
+        dials: slot,
     };
     let mut backoff = Backoff(Backoff::FIRST);
     loop {
         if sh.stop.is_cancelled() {
             return;
+        }
+        let until = Duration::from_millis(sh.offline_until_ms[slot].load(Ordering::Relaxed));
+        if let Some(wait) = until.checked_sub(sh.epoch.elapsed()) {
+            pause(&sh, wait).await;
         }
         let permit = tokio::select! {
             _ = sh.stop.cancelled() => return,
@@ -98,6 +107,7 @@ pub(super) async fn run(slot: usize, sh: Arc<Shared>) {
             }
         };
         drop(permit);
+        d.dials += 1;
         let (mut ws, daemon_id) = match opened {
             Ok(ok) => ok,
             Err(why) => {
@@ -146,9 +156,12 @@ async fn pause(sh: &Shared, d: Duration) {
 
 /// Opens the socket and authenticates; the daemon id on success.
 async fn open(sh: &Shared, d: &Daemon) -> Result<(Ws, Uuid), String> {
-    let mut req = sh
-        .config
-        .url
+    let urls = &sh.config.other_urls;
+    let url = match d.dials % (urls.len() + 1) {
+        0 => &sh.config.url,
+        i => &urls[i - 1],
+    };
+    let mut req = url
         .as_str()
         .into_client_request()
         .map_err(|e| format!("bad url: {e}"))?;
@@ -235,6 +248,10 @@ impl Daemon {
             let step = tokio::select! {
                 biased;
                 _ = sh.stop.cancelled() => return End::Stop,
+                _ = sh.kicks[self.slot].notified() => {
+                    sh.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    Err(End::Closed(super::DROPPED.into()))
+                }
                 frame = ws.next() => match frame {
                     Some(Ok(Message::Text(t))) => self.on_command(ws, sh, &t).await,
                     Some(Ok(Message::Close(f))) => Err(End::Closed(format!("server closed: {f:?}"))),
@@ -269,8 +286,10 @@ impl Daemon {
                 let Some(pos) = self.tasks.iter().position(|t| t.id == task_id) else {
                     return Ok(());
                 };
-                self.tasks.swap_remove(pos);
+                let t = self.tasks.swap_remove(pos);
                 sh.stats.tasks_interrupted.fetch_add(1, Ordering::Relaxed);
+                sh.observer
+                    .task_ended(self.slot, task_id, t.run, RunEnd::Interrupted, t.next_line);
                 let change = status_change(task_id, "running", "interrupted");
                 send(ws, change).await.map_err(End::Closed)
             }
@@ -327,6 +346,8 @@ impl Daemon {
             return Ok(()); // a repeat: the seed's daemons ignore it too
         }
         sh.stats.tasks_started.fetch_add(1, Ordering::Relaxed);
+        let run = sh.runs.fetch_add(1, Ordering::Relaxed) + 1;
+        sh.observer.task_started(self.slot, task_id, run);
         ws.feed(Message::text(status_change(task_id, "starting", "running")))
             .await
             .map_err(|e| End::Closed(format!("send failed: {e}")))?;
@@ -338,6 +359,7 @@ impl Daemon {
         send(ws, key.to_string()).await.map_err(End::Closed)?;
         self.tasks.push(Running {
             id: task_id,
+            run,
             next_line: 0,
             due: Instant::now(),
         });
@@ -358,8 +380,12 @@ impl Daemon {
             }
             let burst = if delay.is_zero() { BURST } else { 1 };
             for _ in 0..burst {
-                let stamp = sh.config.stamp_output.then(now_ns);
-                let line = output::line(t.id, t.next_line, total, stamp);
+                let line = if sh.config.numbered_output {
+                    output::numbered(t.run, t.next_line, total)
+                } else {
+                    let stamp = sh.config.stamp_output.then(now_ns);
+                    output::line(t.id, t.next_line, total, stamp)
+                };
                 let frame = json!({"type": "taskOutput", "taskId": t.id, "output": line, "isPartial": false});
                 ws.feed(Message::text(frame.to_string()))
                     .await
@@ -376,7 +402,7 @@ impl Daemon {
                         .map_err(|e| format!("send failed: {e}"))?;
                 }
                 if t.next_line >= total {
-                    done.push(t.id);
+                    done.push((t.id, t.run));
                     break;
                 }
             }
@@ -386,13 +412,15 @@ impl Daemon {
                 (t.due + delay).max(now)
             };
         }
-        for id in done {
+        for (id, run) in done {
             self.tasks.retain(|t| t.id != id);
             let complete = json!({"type": "taskComplete", "taskId": id, "success": true});
             ws.feed(Message::text(complete.to_string()))
                 .await
                 .map_err(|e| format!("send failed: {e}"))?;
             sh.stats.tasks_completed.fetch_add(1, Ordering::Relaxed);
+            sh.observer
+                .task_ended(self.slot, id, run, RunEnd::Completed, total);
         }
         ws.flush().await.map_err(|e| format!("send failed: {e}"))
     }

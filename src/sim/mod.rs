@@ -29,12 +29,19 @@ use std::{
 
 use clap::Args;
 use serde::Serialize;
-use tokio::{sync::Semaphore, task::JoinHandle};
+use tokio::{
+    sync::{Notify, Semaphore},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{config::Secret, protocol::daemon::DaemonCommand};
 pub use answers::RepoSnapshot;
+
+/// Why [`Observer::disconnected`] is told a socket ended that
+/// [`Sim::drop_connection`] dropped.
+pub const DROPPED: &str = "dropped by the simulator";
 
 /// Path of the daemon socket, appended to a bare `ws://host:port` URL.
 pub const CONNECT_PATH: &str = "/api/v1/mesh/daemons/connect";
@@ -101,6 +108,14 @@ pub struct SimConfig {
     pub stamp_output: bool,
     /// Send `daemonDirectories` after authenticating, as real daemons do.
     pub send_directories: bool,
+    /// Further servers (full connect URLs): daemon `slot` first dials entry
+    /// `slot % n` of `url` and these, and the next one after each ended
+    /// session or failed attempt, as a daemon behind a load balancer would.
+    pub other_urls: Vec<String>,
+    /// Print plain-text lines that name their run and number
+    /// ([`output::numbered`]) instead of Claude output, so that what is
+    /// stored can be checked line by line (`bench chaos`).
+    pub numbered_output: bool,
 }
 
 impl SimConfig {
@@ -120,6 +135,8 @@ impl SimConfig {
             connect_concurrency: 100,
             stamp_output: false,
             send_directories: true,
+            other_urls: Vec::new(),
+            numbered_output: false,
         }
     }
 }
@@ -167,6 +184,23 @@ pub trait Observer: Send + Sync + 'static {
     fn command(&self, _index: usize, _command: &DaemonCommand, _at: SystemTime) {}
     /// A connection attempt failed or an open socket ended.
     fn disconnected(&self, _index: usize, _why: &str) {}
+    /// Daemon `index` began to run `task` (a `spawnTask` it did not have)
+    /// and is about to report it running; `run` numbers the runs of the
+    /// whole simulator from 1.
+    fn task_started(&self, _index: usize, _task: Uuid, _run: u64) {}
+    /// Run `run` ended after printing `lines` lines: called right after
+    /// its `taskComplete` was written, or its `interruptTask` arrived.
+    fn task_ended(&self, _index: usize, _task: Uuid, _run: u64, _end: RunEnd, _lines: u32) {}
+}
+
+/// How a daemon's run of a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunEnd {
+    /// It sent `taskComplete`.
+    Completed,
+    /// The server sent `interruptTask`.
+    Interrupted,
 }
 
 /// An observer that records nothing.
@@ -189,6 +223,8 @@ pub struct SimStats {
     pub tasks_completed: AtomicU64,
     pub tasks_interrupted: AtomicU64,
     pub output_lines: AtomicU64,
+    /// Sockets dropped on purpose ([`Sim::drop_connection`]).
+    pub dropped: AtomicU64,
 }
 
 /// A copy of [`SimStats`] at one moment.
@@ -207,6 +243,7 @@ pub struct SimCounts {
     pub tasks_completed: u64,
     pub tasks_interrupted: u64,
     pub output_lines: u64,
+    pub dropped: u64,
 }
 
 impl SimStats {
@@ -225,6 +262,7 @@ impl SimStats {
             tasks_completed: g(&self.tasks_completed),
             tasks_interrupted: g(&self.tasks_interrupted),
             output_lines: g(&self.output_lines),
+            dropped: g(&self.dropped),
         }
     }
 }
@@ -243,6 +281,13 @@ struct Shared {
     /// Pause between two lines of a task (starts as `config.line_delay`).
     line_delay_us: AtomicU64,
     connect_gate: Semaphore,
+    /// Runs started so far (numbers them).
+    runs: AtomicU64,
+    /// Per daemon: drop the socket now ([`Sim::drop_connection`]).
+    kicks: Vec<Notify>,
+    /// Per daemon: ms after `epoch` before which it does not dial.
+    offline_until_ms: Vec<AtomicU64>,
+    epoch: std::time::Instant,
 }
 
 /// A running simulator.
@@ -264,6 +309,10 @@ impl Sim {
             finish: AtomicBool::new(false),
             line_delay_us: AtomicU64::new(config.line_delay.as_micros() as u64),
             connect_gate: Semaphore::new(config.connect_concurrency.max(1)),
+            runs: AtomicU64::new(0),
+            kicks: (0..config.daemons).map(|_| Notify::new()).collect(),
+            offline_until_ms: (0..config.daemons).map(|_| AtomicU64::new(0)).collect(),
+            epoch: std::time::Instant::now(),
             config,
         });
         let tasks = (0..shared.config.daemons)
@@ -298,6 +347,23 @@ impl Sim {
         self.shared
             .line_delay_us
             .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Drops daemon `slot`'s socket without a close frame, as a network
+    /// cut would; it dials again no sooner than `offline` from now (then
+    /// with backoff) and keeps its tasks meanwhile, as a daemon on the far
+    /// side of a partition would. A daemon that is offline right now drops
+    /// its next socket at once.
+    pub fn drop_connection(&self, slot: usize, offline: Duration) {
+        let (Some(kick), Some(until)) = (
+            self.shared.kicks.get(slot),
+            self.shared.offline_until_ms.get(slot),
+        ) else {
+            return;
+        };
+        let at = self.shared.epoch.elapsed() + offline;
+        until.store(at.as_millis() as u64, Ordering::Relaxed);
+        kick.notify_one();
     }
 
     /// Makes running tasks print their `result` line and complete now.

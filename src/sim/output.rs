@@ -120,6 +120,24 @@ pub fn line(task_id: Uuid, i: u32, total: u32, stamp_ns: Option<u64>) -> String 
     }
 }
 
+/// Line `i` (0-based) of `total` of run `run`, as plain text: the server
+/// stores it as a `raw` output whose content is exactly this line, so a
+/// check can tell which run printed it and where it belongs
+/// ([`parse_numbered`]).
+pub fn numbered(run: u64, i: u32, total: u32) -> String {
+    let s = SENTENCES[(run as usize + i as usize) % SENTENCES.len()];
+    format!("[run {run} line {i}/{total}] {s}")
+}
+
+/// (run, line, total) of a [`numbered`] line's content.
+pub fn parse_numbered(content: &str) -> Option<(u64, u32, u32)> {
+    let rest = content.strip_prefix("[run ")?;
+    let (run, rest) = rest.split_once(" line ")?;
+    let (line, rest) = rest.split_once('/')?;
+    let (total, _) = rest.split_once(']')?;
+    Some((run.parse().ok()?, line.parse().ok()?, total.parse().ok()?))
+}
+
 /// The send time a stamped `content` starts with, in ns since the epoch.
 pub fn parse_stamp(content: &str) -> Option<u64> {
     let rest = content.strip_prefix("[sent ")?;
@@ -161,6 +179,17 @@ mod tests {
     #[test]
     fn a_one_line_task_prints_only_its_result() {
         assert_eq!(kinds(1), vec![MessageType::Result]);
+    }
+
+    #[test]
+    fn a_numbered_line_is_stored_as_it_was_sent_and_parses_back() {
+        let line = numbered(42, 7, 20);
+        let event = parse_output_line(&line, false).unwrap();
+        assert_eq!(event.message_type, MessageType::Raw);
+        assert_eq!(event.content, line);
+        assert_eq!(parse_numbered(&event.content), Some((42, 7, 20)));
+        assert_eq!(parse_numbered("[run 1 line x/2] y"), None);
+        assert_eq!(parse_numbered("Session started"), None);
     }
 
     #[test]
