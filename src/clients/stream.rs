@@ -38,6 +38,8 @@ use crate::{
 
 /// Stored lines read per step.
 pub(super) const PAGE: i64 = 256;
+/// Reads shorter than this are not counted against the pod's replay rate.
+const UNPACED_READ: usize = 32;
 /// Live events held back per topic while it catches up; beyond it the
 /// topic is read again from PostgreSQL (lines) or told `resync` (others).
 const HELD_MAX: usize = 1024;
@@ -323,13 +325,18 @@ impl Client {
             let owner = self.slot.owner_id;
             let snapshot = ts.snapshot_due;
             let fut = Box::pin(async move {
-                budget.take(PAGE as u64).await;
                 let current = if snapshot {
                     db::tasks::of_owner(&db, owner, task).await?
                 } else {
                     None
                 };
                 let rows = db::outputs::page(&db, task, after, PAGE).await?;
+                // Paced by what was read, so that the short read that ends a
+                // catch-up (a subscribe without `since`, the last page) does
+                // not queue behind other clients' long replays.
+                if rows.len() >= UNPACED_READ {
+                    budget.take(rows.len() as u64).await;
+                }
                 Ok((current, rows))
             });
             self.step = Some(InFlight {
