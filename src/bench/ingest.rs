@@ -66,63 +66,16 @@ async fn scenario(
     log("starting pods A and B (meshgate serve)");
     let a = world.serve("A").await?;
     let b = world.serve("B").await?;
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let resp = world
-            .http
-            .post(format!("http://{}/api/v1/mesh/tasks", b.addr))
-            .header("x-api-key", &world.key.key)
-            .json(&json!({"name": format!("ingest {i}"), "plan": "print a lot of output"}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            resp.status().as_u16() == 201,
-            "task create: {}",
-            resp.status()
-        );
-        let v: Value = resp.json().await?;
-        tasks.push(v["id"].as_str().unwrap_or_default().parse::<Uuid>()?);
-    }
+    let tasks = create_tasks(world, &b, n, "ingest").await?;
     let watched: Vec<Uuid> = tasks.iter().take(args.subscribed).copied().collect();
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("mg-load")
         .enable_all()
         .build()?;
-    let client_rec = std::sync::Arc::new(Recorder::new(watched.len()));
-    let client = client_rt.spawn(web_client(
-        format!("ws://{}/api/v1/mesh/events", b.addr),
-        world.key.key.clone(),
-        watched.clone(),
-        client_rec.clone(),
-    ));
-    // Wait for the subscriptions before any line flows.
-    let t = Instant::now();
-    while client_rec.marks() < watched.len() as u64 && t.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::ensure!(
-        client_rec.marks() >= watched.len() as u64,
-        "web client not subscribed"
-    );
-
-    log(format!("connecting {n} streaming daemons to A"));
-    let mut cfg = SimConfig::new(&format!("ws://{}", a.addr), &world.key.key, n);
-    cfg.max_concurrent_tasks = 1;
-    cfg.output_lines = u32::MAX;
-    cfg.line_delay = Duration::from_secs_f64(n as f64 / args.line_rate.max(1) as f64);
-    cfg.stamp_output = true;
-    let host = SimHost::start(cfg, args)?;
-    rep.insert(
-        "connect".into(),
-        host.connect_report(n, Duration::from_secs(60)).await,
-    );
+    let (client, client_rec) = follow(&client_rt, world, &b, &watched).await?;
+    let host = stream_to(args, world, &a, n, rep).await?;
     let stats = || host.sim().stats().snapshot();
-    let t = Instant::now();
-    while stats().tasks_started < n as u64 && t.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    rep.insert("tasksStarted".into(), json!(stats().tasks_started));
     let mut tracked = Tracked {
         pids: vec![("A".into(), a.pid), ("B".into(), b.pid)],
         postgres: true,
@@ -192,6 +145,90 @@ async fn scenario(
     b.stop(Duration::from_secs(10)).await;
     a.stop(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// Creates `n` tasks named `<name> <i>` through `pod`'s API.
+pub(super) async fn create_tasks(
+    world: &World,
+    pod: &PodProc,
+    n: usize,
+    name: &str,
+) -> anyhow::Result<Vec<Uuid>> {
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let resp = world
+            .http
+            .post(format!("http://{}/api/v1/mesh/tasks", pod.addr))
+            .header("x-api-key", &world.key.key)
+            .json(&json!({"name": format!("{name} {i}"), "plan": "print a lot of output"}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().as_u16() == 201,
+            "task create: {}",
+            resp.status()
+        );
+        let v: Value = resp.json().await?;
+        tasks.push(v["id"].as_str().unwrap_or_default().parse::<Uuid>()?);
+    }
+    Ok(tasks)
+}
+
+/// A web client on `pod` (on `rt`) following `tasks`, once it is subscribed
+/// to all of them: its task and what it records.
+pub(super) async fn follow(
+    rt: &tokio::runtime::Runtime,
+    world: &World,
+    pod: &PodProc,
+    tasks: &[Uuid],
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::sync::Arc<Recorder>)> {
+    let rec = std::sync::Arc::new(Recorder::new(tasks.len()));
+    let client = rt.spawn(web_client(
+        format!("ws://{}/api/v1/mesh/events", pod.addr),
+        world.key.key.clone(),
+        tasks.to_vec(),
+        rec.clone(),
+    ));
+    // Subscribed before any line flows.
+    let t = Instant::now();
+    while rec.marks() < tasks.len() as u64 && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::ensure!(
+        rec.marks() >= tasks.len() as u64,
+        "web client not subscribed"
+    );
+    Ok((client, rec))
+}
+
+/// `n` daemons on pod `a`, one task each, streaming stamped lines at
+/// `--line-rate` in all once they have their tasks (`connect` and
+/// `tasksStarted` go in the report).
+pub(super) async fn stream_to(
+    args: &BenchArgs,
+    world: &World,
+    a: &PodProc,
+    n: usize,
+    rep: &mut Report,
+) -> anyhow::Result<SimHost> {
+    log(format!("connecting {n} streaming daemons to A"));
+    let mut cfg = SimConfig::new(&format!("ws://{}", a.addr), &world.key.key, n);
+    cfg.max_concurrent_tasks = 1;
+    cfg.output_lines = u32::MAX;
+    cfg.line_delay = Duration::from_secs_f64(n as f64 / args.line_rate.max(1) as f64);
+    cfg.stamp_output = true;
+    let host = SimHost::start(cfg, args)?;
+    rep.insert(
+        "connect".into(),
+        host.connect_report(n, Duration::from_secs(60)).await,
+    );
+    let stats = || host.sim().stats().snapshot();
+    let t = Instant::now();
+    while stats().tasks_started < n as u64 && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rep.insert("tasksStarted".into(), json!(stats().tasks_started));
+    Ok(host)
 }
 
 /// One measured window: lines sent, stored and delivered to the client,

@@ -11,10 +11,7 @@
 //!   out of order or missing, resumers cut off, the live client's latency
 //!   meanwhile, CPU per 1,000 replayed lines (pods, Redis, PostgreSQL).
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
@@ -23,15 +20,14 @@ use uuid::Uuid;
 
 use super::{
     error,
-    ingest::web_client,
+    ingest::{create_tasks, follow, stream_to},
     log, phase_start, pod_counters,
     procs::Tracked,
     redis_json,
-    stats::{now_ns, round, summarize, Recorder},
+    stats::{now_ns, round, summarize},
     world::World,
-    BenchArgs, SimHost,
+    BenchArgs,
 };
-use crate::sim::SimConfig;
 
 type Report = Map<String, Value>;
 
@@ -75,23 +71,7 @@ async fn scenario(
     log("starting pods A and B (meshgate serve)");
     let a = world.serve("A").await?;
     let b = world.serve("B").await?;
-    let mut streaming = Vec::with_capacity(n);
-    for i in 0..n {
-        let resp = world
-            .http
-            .post(format!("http://{}/api/v1/mesh/tasks", b.addr))
-            .header("x-api-key", &world.key.key)
-            .json(&json!({"name": format!("stream {i}"), "plan": "print a lot of output"}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            resp.status().as_u16() == 201,
-            "task create: {}",
-            resp.status()
-        );
-        let v: Value = resp.json().await?;
-        streaming.push(v["id"].as_str().unwrap_or_default().parse::<Uuid>()?);
-    }
+    let streaming = create_tasks(world, &b, n, "stream").await?;
 
     log(format!(
         "storing {resumers} finished tasks of {lines_each} lines"
@@ -127,39 +107,8 @@ async fn scenario(
         .enable_all()
         .build()?;
     let watched: Vec<Uuid> = streaming.iter().take(args.subscribed).copied().collect();
-    let live_rec = Arc::new(Recorder::new(watched.len()));
-    let live = load_rt.spawn(web_client(
-        format!("ws://{}/api/v1/mesh/events", b.addr),
-        world.key.key.clone(),
-        watched.clone(),
-        live_rec.clone(),
-    ));
-    let t = Instant::now();
-    while live_rec.marks() < watched.len() as u64 && t.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::ensure!(
-        live_rec.marks() >= watched.len() as u64,
-        "live client not subscribed"
-    );
-
-    log(format!("connecting {n} streaming daemons to A"));
-    let mut cfg = SimConfig::new(&format!("ws://{}", a.addr), &world.key.key, n);
-    cfg.max_concurrent_tasks = 1;
-    cfg.output_lines = u32::MAX;
-    cfg.line_delay = Duration::from_secs_f64(n as f64 / args.line_rate.max(1) as f64);
-    cfg.stamp_output = true;
-    let host = SimHost::start(cfg, args)?;
-    rep.insert(
-        "connect".into(),
-        host.connect_report(n, Duration::from_secs(60)).await,
-    );
-    let stats = || host.sim().stats().snapshot();
-    let t = Instant::now();
-    while stats().tasks_started < n as u64 && t.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    rep.insert("tasksStarted".into(), json!(stats().tasks_started));
+    let (live, live_rec) = follow(&load_rt, world, &b, &watched).await?;
+    let host = stream_to(args, world, &a, n, rep).await?;
     let mut tracked = Tracked {
         pids: vec![("A".into(), a.pid), ("B".into(), b.pid)],
         postgres: true,
